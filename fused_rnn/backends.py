@@ -27,8 +27,8 @@ r, z, n -- exactly torch's layouts, so nn.LSTM / nn.GRU weights are used as they
             projection hoisted out of the loop, gate activations, ... -- the backend's choice).
 ``lstm_bwd(saved, dy, dhn, dcn) -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)``
     dy (T, B, P), dhn (B, P), dcn (B, H): always real tensors (zeros where nothing flowed).
-    Gradients have the shapes and dtypes of the corresponding inputs; db_* and dw_hr are None
-    where the input was None. dy[t, b] for t >= lengths[b] must be ignored (y is constant 0 there).
+    Gradients have the shapes and dtypes of the corresponding inputs; db_* and dw_hr may be None
+    where the input was None (the autograd layer drops gradients of absent inputs anyway). dy[t, b] for t >= lengths[b] must be ignored (y is constant 0 there).
 ``gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, need_saved) -> (y, hn, saved)``
     as above with G=3 and no cell state; b_hh holds nn.GRU's separate b_hn in its last H rows:
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).

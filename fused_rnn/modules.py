@@ -1,0 +1,247 @@
+"""Drop-in modules: subclasses of torch's LSTM / GRU / LSTMCell / GRUCell.
+
+They inherit torch's constructor, parameters (names, shapes, initialisation), ``state_dict``,
+``repr``, ``flatten_parameters`` and argument checks, so ``load_state_dict`` works both ways and
+``isinstance(m, nn.LSTM)`` stays true. Only ``forward`` changes: it runs through the fused_rnn
+backends selected by ``backend=`` (see fused_rnn.backends for the selection rules).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .functional import rnn_forward
+
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell"]
+
+
+class _FusedRNNMixin:
+    """The forward shared by LSTM and GRU (torch's forward with the fused layers underneath)."""
+
+    _mode: str  # "lstm" | "gru"
+
+    def _init_backend(self, backend: str) -> None:
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+        self.backend = backend
+
+    def _layer_weights(self) -> list[tuple]:
+        D = 2 if self.bidirectional else 1
+        out = []
+        for layer in range(self.num_layers):
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                get = lambda n: getattr(self, n + sfx, None)  # noqa: B023 - used at once
+                w_hr = get("weight_hr") if self._mode == "lstm" and self.proj_size > 0 else None
+                out.append((get("weight_ih"), get("weight_hh"), get("bias_ih"),
+                            get("bias_hh"), w_hr))
+        return out
+
+    def _zero_state(self, x: Tensor, batch: int) -> tuple[Tensor, ...]:
+        n = self.num_layers * (2 if self.bidirectional else 1)
+        out_size = self.proj_size if getattr(self, "proj_size", 0) > 0 else self.hidden_size
+        h = torch.zeros(n, batch, out_size, dtype=x.dtype, device=x.device)
+        if self._mode == "gru":
+            return (h,)
+        return (h, torch.zeros(n, batch, self.hidden_size, dtype=x.dtype, device=x.device))
+
+    def _as_tuple(self, hx) -> tuple[Tensor, ...]:
+        return tuple(hx) if self._mode == "lstm" else (hx,)
+
+    def _from_tuple(self, states: tuple[Tensor, ...]):
+        return states if self._mode == "lstm" else states[0]
+
+    def _check_hx_rank(self, hx, batched: bool) -> None:
+        want = 3 if batched else 2
+        kind = "batched 3-D" if batched else "unbatched 2-D"
+        if self._mode == "lstm":
+            if hx[0].dim() != want or hx[1].dim() != want:
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                )
+        elif hx.dim() != want:
+            raise RuntimeError(
+                f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor"
+            )
+
+    def _run(self, x: Tensor, states, lengths, batch_first: bool):
+        return rnn_forward(
+            self._mode, x, states, self._layer_weights(), self.num_layers,
+            float(self.dropout), self.training, self.bidirectional, batch_first,
+            lengths, self.backend,
+        )
+
+    def forward(self, input, hx=None):
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        name = type(self).__name__
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not batched:
+            input = input.unsqueeze(batch_dim)
+        if hx is None:
+            states = self._zero_state(input, input.size(batch_dim))
+        else:
+            if self._mode == "lstm" and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                raise RuntimeError("LSTM expects hx to be a tuple (h_0, c_0) of two tensors")
+            self._check_hx_rank(hx, batched)
+            states = self._as_tuple(hx)
+            if not batched:
+                states = tuple(s.unsqueeze(1) for s in states)
+        self.check_forward_args(input, self._from_tuple(states), None)
+        out, states = self._run(input, states, None, self.batch_first)
+        if not batched:
+            out = out.squeeze(batch_dim)
+            states = tuple(s.squeeze(1) for s in states)
+        return out, self._from_tuple(states)
+
+    def _forward_packed(self, packed: PackedSequence, hx):
+        data, batch_sizes, sorted_idx, unsorted_idx = packed
+        B = int(batch_sizes[0])
+        if hx is None:
+            states = self._zero_state(data, B)
+        else:
+            states = self._as_tuple(self.permute_hidden(hx, sorted_idx))
+        self.check_forward_args(data, self._from_tuple(states), batch_sizes)
+        # Work in the packed (length-sorted) order so the output packs back onto the same
+        # batch_sizes / indices; one pad op in, one pack op out, nothing per step.
+        padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+        out, states = self._run(padded, states, lengths, False)
+        out_data = pack_padded_sequence(out, lengths).data
+        result = PackedSequence(out_data, batch_sizes, sorted_idx, unsorted_idx)
+        return result, self.permute_hidden(self._from_tuple(states), unsorted_idx)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", "auto")
+
+
+class LSTM(_FusedRNNMixin, nn.LSTM):
+    """``torch.nn.LSTM`` with fused kernels. Same arguments plus ``backend="auto"``.
+
+    Input (T, B, I) / (B, T, I) with ``batch_first`` / (T, I) unbatched / PackedSequence;
+    hx ``(h0, c0)`` of (L*D, B, P) and (L*D, B, H). Returns ``output, (h_n, c_n)`` as torch does.
+    """
+
+    _mode = "lstm"
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+
+class GRU(_FusedRNNMixin, nn.GRU):
+    """``torch.nn.GRU`` with fused kernels. Same arguments plus ``backend="auto"``.
+
+    Input as for :class:`LSTM`; hx h0 (L*D, B, H). Returns ``output, h_n``.
+    """
+
+    _mode = "gru"
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+
+class _FusedCellMixin:
+    """One step of the cell = the sequence contract with T = 1."""
+
+    _mode: str
+
+    def _check_cell_args(self, input: Tensor, states: tuple[Tensor, ...]) -> None:
+        if input.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.size(1)} "
+                f"expected {self.input_size}"
+            )
+        for i, s in enumerate(states):
+            if s.size(0) != input.size(0):
+                raise RuntimeError(
+                    f"Input batch size {input.size(0)} doesn't match hidden{i} batch size "
+                    f"{s.size(0)}"
+                )
+            if s.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{i} has inconsistent hidden_size: got {s.size(1)}, "
+                    f"expected {self.hidden_size}"
+                )
+        if input.dtype != self.weight_ih.dtype:
+            raise ValueError(
+                f"{type(self).__name__} input dtype ({input.dtype}) does not match weight dtype "
+                f"({self.weight_ih.dtype})"
+            )
+
+    def _cell_forward(self, input: Tensor, hx):
+        name = type(self).__name__
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        states = None if hx is None else (tuple(hx) if self._mode == "lstm" else (hx,))
+        if states is not None:
+            for i, s in enumerate(states):
+                if s.dim() not in (1, 2):
+                    label = f"hx[{i}]" if self._mode == "lstm" else "hx"
+                    raise ValueError(
+                        f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead"
+                    )
+        batched = input.dim() == 2
+        if not batched:
+            input = input.unsqueeze(0)
+            if states is not None:
+                states = tuple(s.unsqueeze(0) for s in states)
+        if states is None:
+            z = input.new_zeros((input.size(0), self.hidden_size))
+            states = (z, z) if self._mode == "lstm" else (z,)
+        self._check_cell_args(input, states)
+        weights = [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)]
+        _, out = rnn_forward(
+            self._mode, input.unsqueeze(0), tuple(s.unsqueeze(0) for s in states), weights,
+            1, 0.0, False, False, False, None, self.backend,
+        )
+        out = tuple(s.squeeze(0) for s in out)
+        if not batched:
+            out = tuple(s.squeeze(0) for s in out)
+        return out if self._mode == "lstm" else out[0]
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", "auto")
+
+
+class LSTMCell(_FusedCellMixin, nn.LSTMCell):
+    """``torch.nn.LSTMCell`` with fused kernels: input (B, I) or (I,), hx ``(h, c)`` of (B, H).
+    Returns ``(h', c')``."""
+
+    _mode = "lstm"
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        _FusedRNNMixin._init_backend(self, backend)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        return self._cell_forward(input, hx)
+
+
+class GRUCell(_FusedCellMixin, nn.GRUCell):
+    """``torch.nn.GRUCell`` with fused kernels: input (B, I) or (I,), hx (B, H). Returns h'."""
+
+    _mode = "gru"
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        _FusedRNNMixin._init_backend(self, backend)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None):
+        return self._cell_forward(input, hx)
