@@ -21,9 +21,7 @@ class LSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, backend: Backend, lengths, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
         need = any(ctx.needs_input_grad[2:])
-        y, hn, cn, saved = backend.lstm_fwd(
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need
-        )
+        y, hn, cn, saved = backend.lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need)
         ctx.backend = backend
         ctx.present = (b_ih is not None, b_hh is not None, w_hr is not None)
         ctx.save_for_backward(*saved)
@@ -36,7 +34,13 @@ class LSTMFunction(torch.autograd.Function):
         )
         has_bih, has_bhh, has_hr = ctx.present
         return (
-            None, None, dx, dh0, dc0, dw_ih, dw_hh,
+            None,
+            None,
+            dx,
+            dh0,
+            dc0,
+            dw_ih,
+            dw_hh,
             db_ih if has_bih else None,
             db_hh if has_bhh else None,
             dw_hr if has_hr else None,
@@ -62,7 +66,12 @@ class GRUFunction(torch.autograd.Function):
         )
         has_bih, has_bhh = ctx.present
         return (
-            None, None, dx, dh0, dw_ih, dw_hh,
+            None,
+            None,
+            dx,
+            dh0,
+            dw_ih,
+            dw_hh,
             db_ih if has_bih else None,
             db_hh if has_bhh else None,
         )

@@ -28,7 +28,8 @@ r, z, n -- exactly torch's layouts, so nn.LSTM / nn.GRU weights are used as they
 ``lstm_bwd(saved, dy, dhn, dcn) -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)``
     dy (T, B, P), dhn (B, P), dcn (B, H): always real tensors (zeros where nothing flowed).
     Gradients have the shapes and dtypes of the corresponding inputs; db_* and dw_hr may be None
-    where the input was None (the autograd layer drops gradients of absent inputs anyway). dy[t, b] for t >= lengths[b] must be ignored (y is constant 0 there).
+    where the input was None (the autograd layer drops gradients of absent inputs anyway).
+    dy[t, b] for t >= lengths[b] must be ignored (y is constant 0 there).
 ``gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, need_saved) -> (y, hn, saved)``
     as above with G=3 and no cell state; b_hh holds nn.GRU's separate b_hn in its last H rows:
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
@@ -56,7 +57,8 @@ import contextlib
 import os
 import threading
 import warnings
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 
@@ -193,7 +195,9 @@ def resolve_backend(name: str, cell: str, x: torch.Tensor, has_proj: bool = Fals
         be = get_backend(req)
         why = be.supports(cell, x, has_proj)
         if why is not None:
-            raise BackendUnavailableError(f"fused_rnn backend {req!r} cannot run this {cell}: {why}")
+            raise BackendUnavailableError(
+                f"fused_rnn backend {req!r} cannot run this {cell}: {why}"
+            )
         return be
     order = AUTO_ORDER.get(x.device.type, ("triton", "reference"))
     skipped = []

@@ -47,4 +47,3 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
         else:
             convert(child, backend)
     return model
-

@@ -179,8 +179,17 @@ def lstm(
             _default_state(input, batch_first, num_layers * D, H),
         )
     return rnn_forward(
-        "lstm", input, hx, weights, num_layers, dropout, training, bidirectional,
-        batch_first, lengths, backend,
+        "lstm",
+        input,
+        hx,
+        weights,
+        num_layers,
+        dropout,
+        training,
+        bidirectional,
+        batch_first,
+        lengths,
+        backend,
     )
 
 
@@ -213,7 +222,16 @@ def gru(
     if hx is None:
         hx = _default_state(input, batch_first, num_layers * D, weights[0][1].shape[1])
     out, (hn,) = rnn_forward(
-        "gru", input, (hx,), weights, num_layers, dropout, training, bidirectional,
-        batch_first, lengths, backend,
+        "gru",
+        input,
+        (hx,),
+        weights,
+        num_layers,
+        dropout,
+        training,
+        bidirectional,
+        batch_first,
+        lengths,
+        backend,
     )
     return out, hn

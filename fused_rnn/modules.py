@@ -35,8 +35,9 @@ class _FusedRNNMixin:
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 get = lambda n: getattr(self, n + sfx, None)  # noqa: B023 - used at once
                 w_hr = get("weight_hr") if self._mode == "lstm" and self.proj_size > 0 else None
-                out.append((get("weight_ih"), get("weight_hh"), get("bias_ih"),
-                            get("bias_hh"), w_hr))
+                out.append(
+                    (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), w_hr)
+                )
         return out
 
     def _zero_state(self, x: Tensor, batch: int) -> tuple[Tensor, ...]:
@@ -69,9 +70,17 @@ class _FusedRNNMixin:
 
     def _run(self, x: Tensor, states, lengths, batch_first: bool):
         return rnn_forward(
-            self._mode, x, states, self._layer_weights(), self.num_layers,
-            float(self.dropout), self.training, self.bidirectional, batch_first,
-            lengths, self.backend,
+            self._mode,
+            x,
+            states,
+            self._layer_weights(),
+            self.num_layers,
+            float(self.dropout),
+            self.training,
+            self.bidirectional,
+            batch_first,
+            lengths,
+            self.backend,
         )
 
     def forward(self, input, hx=None):
@@ -160,8 +169,7 @@ class _FusedCellMixin:
     def _check_cell_args(self, input: Tensor, states: tuple[Tensor, ...]) -> None:
         if input.size(1) != self.input_size:
             raise RuntimeError(
-                f"input has inconsistent input_size: got {input.size(1)} "
-                f"expected {self.input_size}"
+                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
             )
         for i, s in enumerate(states):
             if s.size(0) != input.size(0):
@@ -203,8 +211,17 @@ class _FusedCellMixin:
         self._check_cell_args(input, states)
         weights = [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)]
         _, out = rnn_forward(
-            self._mode, input.unsqueeze(0), tuple(s.unsqueeze(0) for s in states), weights,
-            1, 0.0, False, False, False, None, self.backend,
+            self._mode,
+            input.unsqueeze(0),
+            tuple(s.unsqueeze(0) for s in states),
+            weights,
+            1,
+            0.0,
+            False,
+            False,
+            False,
+            None,
+            self.backend,
         )
         out = tuple(s.squeeze(0) for s in out)
         if not batched:

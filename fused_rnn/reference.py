@@ -83,8 +83,18 @@ def lstm_ref_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
     saved = ()
     if need_saved:
         lens = lengths if lengths is not None else x.new_empty(0, dtype=torch.long)
-        saved = (x, h0, c0, w_ih, w_hh, w_hr if w_hr is not None else x.new_empty(0),
-                 lens, gates_all, cs, hs)
+        saved = (
+            x,
+            h0,
+            c0,
+            w_ih,
+            w_hh,
+            w_hr if w_hr is not None else x.new_empty(0),
+            lens,
+            gates_all,
+            cs,
+            hs,
+        )
     return ys.to(dt), h.to(dt), c.to(dt), saved
 
 
