@@ -1,0 +1,102 @@
+"""Parity of every backend with torch's nn.LSTM / nn.GRU over a grid of configurations.
+
+Every output, final state, the input and hx gradients and every parameter gradient are compared.
+float64: ours must equal torch's to within 1e-10 relative error (the same maths, rounding only).
+float32 / bfloat16 / float16: our error against a float64 reference must be at most 2x the error
+of torch's own module in that dtype (the flash-attention rule), where torch's error is counted
+as at least one float32 epsilon larger than measured: float32 is every implementation's
+accumulation precision, so relative errors below that are rounding noise (on small cases torch's
+float32 error is one or two roundings, and "2x" of that alone would compare noise).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import INTERPRETED, backend_params, require_support
+from parity import Case, make_inputs, make_pair, rel_err, run_module
+
+CASES = [
+    # small: cheap enough for interpreted backends too (Triton on the CPU interpreter)
+    Case("lstm", B=3, T=5, I=4, H=6, small=True),
+    Case("gru", B=3, T=5, I=4, H=6, small=True),
+    Case("lstm", B=3, T=6, I=5, H=7, packed=True, hx=True, small=True),
+    Case("gru", B=3, T=6, I=5, H=7, packed=True, hx=True, small=True),
+    Case("lstm", B=2, T=4, I=3, H=5, bidir=True, layers=2, small=True),
+    Case("gru", B=2, T=4, I=3, H=5, bidir=True, layers=2, small=True),
+    Case("lstm", B=1, T=1, I=3, H=4, small=True),
+    Case("gru", B=1, T=1, I=3, H=4, bias=False, small=True),
+    # the odd sizes and every module option
+    Case("lstm", B=3, T=63, I=17, H=50),
+    Case("gru", B=3, T=63, I=17, H=50),
+    Case("lstm", B=1, T=9, I=17, H=50, hx=True),
+    Case("lstm", B=3, T=7, I=17, H=50, layers=3, bidir=True, hx=True),
+    Case("gru", B=3, T=7, I=17, H=50, layers=3, bidir=True, hx=True),
+    Case("lstm", B=3, T=7, I=5, H=8, batch_first=True, hx=True),
+    Case("gru", B=3, T=7, I=5, H=8, batch_first=True),
+    Case("lstm", B=3, T=7, I=5, H=8, proj=3),
+    Case("lstm", B=3, T=7, I=5, H=8, proj=3, layers=2, bidir=True, hx=True),
+    Case("lstm", B=3, T=7, I=5, H=8, bias=False, layers=2),
+    Case("gru", B=3, T=7, I=5, H=8, bias=False, layers=2),
+    Case("lstm", B=5, T=11, I=6, H=9, packed=True, bidir=True, layers=2, hx=True),
+    Case("gru", B=5, T=11, I=6, H=9, packed=True, bidir=True, layers=2),
+    Case("lstm", B=4, T=9, I=6, H=8, packed=True, proj=5, bidir=True),
+    Case("lstm", B=1, T=8, I=5, H=8, unbatched=True, hx=True, layers=2),
+    Case("gru", B=1, T=8, I=5, H=8, unbatched=True, hx=True, bidir=True),
+    Case("lstm", B=1, T=8, I=5, H=8, unbatched=True),
+]
+
+BACKENDS = backend_params()
+
+
+def _skip_if_too_slow(backend: str, case: Case) -> None:
+    if backend in INTERPRETED and not case.small:
+        pytest.skip(f"{backend} runs in an interpreter here: small cases only")
+
+
+def _collect(case, backend, device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    theirs, ours = make_pair(case, backend, dtype, device)
+    x, lengths, hx = make_inputs(case, dtype, device, gen)
+    got = run_module(ours, case, x, lengths, hx, dtype, device)
+    want = run_module(theirs, case, x, lengths, hx, dtype, device)
+    return got, want, (theirs, x, lengths, hx)
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_parity_float64(case, device, backend):
+    require_support(backend, case.cell, torch.float64, device, bool(case.proj))
+    _skip_if_too_slow(backend, case)
+    got, want, _ = _collect(case, backend, device, torch.float64)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].shape == want[k].shape, k
+        err = rel_err(got[k], want[k])
+        assert err <= 1e-10, f"{k}: relative error {err:.3e}"
+
+
+FP32_EPS = torch.finfo(torch.float32).eps
+LOW_PRECISION = [torch.float32, torch.bfloat16]
+GPU_ONLY_DTYPES = [torch.float16]
+
+
+@pytest.mark.parametrize("device,backend", BACKENDS)
+@pytest.mark.parametrize("dtype", LOW_PRECISION + GPU_ONLY_DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_parity_error_vs_float64(case, dtype, device, backend):
+    if dtype in GPU_ONLY_DTYPES and device == "cpu":
+        pytest.skip("float16 RNNs are GPU-only in torch")
+    require_support(backend, case.cell, dtype, device, bool(case.proj))
+    _skip_if_too_slow(backend, case)
+    if dtype == torch.bfloat16 and device == "cpu" and not case.small:
+        pytest.skip("bf16 on the CPU is checked on the small cases (torch's CPU bf16 is slow)")
+    got, theirs_lp, (theirs, x, lengths, hx) = _collect(case, backend, device, dtype)
+    ref = run_module(theirs.to(device, torch.float64), case, x, lengths, hx, torch.float64, device)
+    for k in ref:
+        ours_err = rel_err(got[k], ref[k])
+        torch_err = rel_err(theirs_lp[k], ref[k])
+        bound = 2 * (torch_err + FP32_EPS)
+        assert ours_err <= bound, (
+            f"{k}: our error {ours_err:.3e} > 2 x torch's {torch_err:.3e} ({dtype})"
+        )
