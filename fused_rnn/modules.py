@@ -1,9 +1,15 @@
-"""Drop-in modules: subclasses of torch's LSTM / GRU / LSTMCell / GRUCell.
+"""Drop-in modules for torch's LSTM / GRU / LSTMCell / GRUCell.
 
 They inherit torch's constructor, parameters (names, shapes, initialisation), ``state_dict``,
-``repr``, ``flatten_parameters`` and argument checks, so ``load_state_dict`` works both ways and
-``isinstance(m, nn.LSTM)`` stays true. Only ``forward`` changes: it runs through the fused_rnn
-backends selected by ``backend=`` (see fused_rnn.backends for the selection rules).
+``repr``, ``flatten_parameters`` and argument checks, so ``load_state_dict`` works both ways.
+Only ``forward`` changes: it runs through the fused_rnn backends selected by ``backend=`` (see
+fused_rnn.backends for the selection rules).
+
+LSTM and GRU derive from ``nn.RNNBase`` (as torch's own do), not from ``nn.LSTM`` / ``nn.GRU``:
+Dynamo refuses to trace any instance of those two classes (``torch._dynamo.config.allow_rnn``),
+so subclassing them would make ``torch.compile`` break the graph at every one of our modules.
+They borrow nn.LSTM's / nn.GRU's argument checks so errors read exactly like torch's.
+The cells derive from ``nn.LSTMCell`` / ``nn.GRUCell`` directly (Dynamo traces those).
 """
 
 from __future__ import annotations
@@ -134,7 +140,7 @@ class _FusedRNNMixin:
         self.__dict__.setdefault("backend", "auto")
 
 
-class LSTM(_FusedRNNMixin, nn.LSTM):
+class LSTM(_FusedRNNMixin, nn.RNNBase):
     """``torch.nn.LSTM`` with fused kernels. Same arguments plus ``backend="auto"``.
 
     Input (T, B, I) / (B, T, I) with ``batch_first`` / (T, I) unbatched / PackedSequence;
@@ -142,13 +148,16 @@ class LSTM(_FusedRNNMixin, nn.LSTM):
     """
 
     _mode = "lstm"
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__("LSTM", *args, **kwargs)
         self._init_backend(backend)
 
 
-class GRU(_FusedRNNMixin, nn.GRU):
+class GRU(_FusedRNNMixin, nn.RNNBase):
     """``torch.nn.GRU`` with fused kernels. Same arguments plus ``backend="auto"``.
 
     Input as for :class:`LSTM`; hx h0 (L*D, B, H). Returns ``output, h_n``.
@@ -157,7 +166,9 @@ class GRU(_FusedRNNMixin, nn.GRU):
     _mode = "gru"
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
         self._init_backend(backend)
 
 

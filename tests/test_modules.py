@@ -25,7 +25,7 @@ KW = [
 @pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru"])
 def test_same_parameters_and_state_dict_both_ways(theirs_cls, ours_cls, kw):
     theirs, ours = theirs_cls(5, 7, **kw), ours_cls(5, 7, **kw)
-    assert isinstance(ours, theirs_cls)
+    assert isinstance(ours, nn.RNNBase) and type(ours).__name__ == theirs_cls.__name__
     assert [(n, p.shape) for n, p in theirs.named_parameters()] == [
         (n, p.shape) for n, p in ours.named_parameters()
     ]
@@ -37,6 +37,10 @@ def test_same_parameters_and_state_dict_both_ways(theirs_cls, ours_cls, kw):
     fresh.load_state_dict(ours.state_dict())  # and back, strict
     for a, b in zip(fresh.parameters(), ours.parameters()):
         assert torch.equal(a, b)
+
+
+def test_gru_rejects_proj_size_like_torch():
+    _raises_like_torch(lambda: nn.GRU(3, 4, proj_size=2), lambda: fused_rnn.GRU(3, 4, proj_size=2))
 
 
 def test_proj_size_parameters():
