@@ -107,6 +107,12 @@ def rnn_forward(
             "Input and parameter tensors are not at the same device, found input tensor at "
             f"{x.device} and parameter tensor at {w0[0].device}"
         )
+    for h in hx:
+        if h.device != x.device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{x.device} and hidden tensor at {h.device}"
+            )
     lens = _normalise_lengths(lengths, T, B, x.device)
     be = resolve_backend(backend, mode, x, has_proj)
     rev = _reverse_index(lens, T, B, x.device) if bidirectional else None

@@ -287,3 +287,51 @@ def test_convert_a_bare_module_returns_the_new_one():
     m = nn.GRU(3, 4)
     new = fused_rnn.convert(m)
     assert type(new) is fused_rnn.GRU and new.weight_ih_l0 is m.weight_ih_l0
+
+
+def test_weight_norm_and_parametrizations_are_honoured():
+    """Weights are read at every forward (like torch's _flat_weights refresh), so
+    parametrizations and functional_call see the current tensors."""
+    theirs, ours = nn.LSTM(3, 4), fused_rnn.LSTM(3, 4, backend="reference")
+    ours.load_state_dict(theirs.state_dict())
+    for m in (theirs, ours):
+        torch.nn.utils.parametrizations.weight_norm(m, name="weight_hh_l0")
+        with torch.no_grad():
+            m.parametrizations.weight_hh_l0.original0.mul_(0.5)
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0])
+
+
+def test_deepcopy_and_change_dropout_after_construction():
+    import copy
+
+    m = fused_rnn.GRU(3, 4, num_layers=2, backend="reference")
+    m2 = copy.deepcopy(m)
+    x = torch.randn(5, 2, 3)
+    assert torch.equal(m(x)[0], m2(x)[0]) and m2.backend == "reference"
+    m2.dropout = 0.9
+    m2.train()
+    assert not torch.equal(m(x)[0], m2(x)[0])
+
+
+def test_constructor_argument_errors_like_torch():
+    for args, kw in [
+        ((0, 4), {}),
+        ((3, 0), {}),
+        ((3, 4), dict(num_layers=0)),
+        ((3, 4), dict(dropout=1.5)),
+        ((3.0, 4), {}),
+        ((3, 4), dict(proj_size=4)),
+        ((3, 4), dict(proj_size=-1)),
+    ]:
+        _raises_like_torch(
+            lambda a=args, k=kw: nn.LSTM(*a, **k), lambda a=args, k=kw: fused_rnn.LSTM(*a, **k)
+        )
+
+
+def test_hidden_on_another_device_is_a_clear_error():
+    m = fused_rnn.LSTM(3, 4)
+    x = torch.randn(5, 2, 3)
+    h = torch.zeros(1, 2, 4, device="meta")
+    with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device"):
+        m(x, (h, h))
