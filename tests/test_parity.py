@@ -100,3 +100,33 @@ def test_parity_error_vs_float64(case, dtype, device, backend):
         assert ours_err <= bound, (
             f"{k}: our error {ours_err:.3e} > 2 x torch's {torch_err:.3e} ({dtype})"
         )
+
+
+# Full shapes (TARGETS.md), GPU only: the kernels' tiling, persistent paths and multi-program
+# exchanges only engage at these sizes. T is cut from 1024 to keep the float64 reference quick.
+GPU_CASES = [
+    Case("lstm", B=16, T=128, I=768, H=768),
+    Case("gru", B=16, T=128, I=768, H=768),
+    Case("lstm", B=64, T=100, I=512, H=512),
+    Case("gru", B=64, T=100, I=512, H=512),
+    Case("lstm", B=64, T=60, I=256, H=256, packed=True, bidir=True, layers=2, hx=True),
+    Case("gru", B=64, T=60, I=256, H=256, packed=True, bidir=True, layers=2, hx=True),
+    Case("lstm", B=7, T=33, I=100, H=200),
+]
+GPU_BACKENDS = [p for p in BACKENDS if p.values[0] == "cuda"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("device,backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: c.id)
+def test_parity_gpu_full_shapes(case, dtype, device, backend):
+    require_support(backend, case.cell, dtype, device, bool(case.proj))
+    got, theirs_lp, (theirs, x, lengths, hx) = _collect(case, backend, device, dtype)
+    ref = run_module(theirs.to(device, torch.float64), case, x, lengths, hx, torch.float64, device)
+    for k in ref:
+        ours_err = rel_err(got[k], ref[k])
+        torch_err = rel_err(theirs_lp[k], ref[k])
+        assert ours_err <= 2 * (torch_err + FP32_EPS), (
+            f"{k}: our error {ours_err:.3e} > 2 x torch's {torch_err:.3e} ({dtype})"
+        )
