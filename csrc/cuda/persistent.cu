@@ -1,0 +1,339 @@
+// Persistent forward kernel: one cooperative launch runs all T steps of an LSTM or GRU layer.
+// Torch-free: compiles with nvcc alone. Shapes and aliasing of the arguments: launchers.h.
+//
+// Legend: T steps, B batch, H hidden, G gates (4 LSTM i,f,g,o; 3 GRU r,z,n), J hidden units
+// owned by one block, M = G*J rows of W_hh owned by one block (padded to Mp, a multiple of 4).
+//
+// Work split. Block k owns hidden units j0 = k*J ... j0+J-1 (the last block may own fewer) and
+// the G*J rows of W_hh that produce their gates; those rows are copied to shared memory once and
+// stay there for the whole sequence. The cell state c of the owned units also lives in shared
+// memory. Per step t:
+//   1. load h_{t-1} (B, H) float from `hbuf` (global, L2) into shared memory, a chunk of batch
+//      rows at a time when all of B does not fit;
+//   2. recurrent matvec: each warp computes a 4-row x 8-batch tile of W_hh h^T, lanes splitting
+//      the H axis in float4 pieces; the 32 partial sums are reduced with 31 shuffles (recursive
+//      halving: lane L ends up with the total of tile element L);
+//   3. pointwise gate math (cell_math.cuh) for the owned units, writing y[t], the saved
+//      activations and h_t into the other half of the double-buffered `hbuf`;
+//   4. grid-wide barrier (cooperative groups): h_t is complete before anyone reads it.
+// hbuf is double-buffered so a block that passed the barrier of step t may write h_{t+1}
+// while no block can still be reading h_{t-1} (that read finished before the barrier).
+//
+// Requirements checked by the launcher (else kNotApplicable, the caller uses the general path):
+// H % 4 == 0 (float4 loads), io not fp64, the block's W_hh slice plus one 8-row batch chunk of h
+// fit in the opt-in shared memory, and the grid is co-resident (cooperative launch).
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "cell_math.cuh"
+#include "io_types.cuh"
+#include "launchers.h"
+
+namespace cg = cooperative_groups;
+
+namespace fused_rnn {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kRows = 4;     // rows of W_hh per warp tile
+constexpr int kBatch = 8;    // batch rows per warp tile; kRows * kBatch == 32 (one per lane)
+static_assert(kRows * kBatch == 32, "the shuffle reduction hands one tile element to each lane");
+
+// Launch geometry, computed on the host (plan()).
+struct Plan {
+  int J;       // hidden units per block
+  int Mp;      // G*J rounded up to a multiple of kRows (padding rows are zero)
+  int chunk;   // batch rows of h held in shared memory at once (multiple of kBatch)
+  int blocks;  // ceil(H / J)
+};
+
+template <Cell C>
+__host__ __device__ constexpr int gates_of() {
+  return C == Cell::kLstm ? 4 : 3;
+}
+
+// Four consecutive elements of T as float (16-byte aligned for float, 8-byte for 16-bit types).
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const __half* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+
+// Sums v[0..31] over the warp; afterwards lane L's v[0] holds the warp total of element L.
+// Stage S: lanes with bit S set keep the upper half of their S*2 live values and send the lower
+// half to their partner, the others the reverse; 16 + 8 + 4 + 2 + 1 shuffles in all. Each stage
+// is its own instantiation so every index is a compile-time constant (v stays in registers).
+template <int S>
+__device__ __forceinline__ void reduce_stage(float (&v)[32], int lane) {
+  const bool upper = (lane & S) != 0;
+#pragma unroll
+  for (int i = 0; i < S; ++i) {
+    const float send = upper ? v[i] : v[i + S];
+    const float keep = upper ? v[i + S] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, S);
+  }
+}
+
+__device__ __forceinline__ void warp_reduce_32(float (&v)[32], int lane) {
+  reduce_stage<16>(v, lane);
+  reduce_stage<8>(v, lane);
+  reduce_stage<4>(v, lane);
+  reduce_stage<2>(v, lane);
+  reduce_stage<1>(v, lane);
+}
+
+// Shared-memory layout, in this order (each part 16-byte aligned):
+//   w_s   (Mp, H) T      rows g*J + jj = W_hh[g*H + j0 + jj, :]; zero rows beyond the block's units
+//   h_s   (chunk, H) float   a chunk of batch rows of h_{t-1}
+//   pre_s (Mp, chunk) float  W_hh h^T of the chunk
+//   c_s   (J, B) float       LSTM cell state of the owned units (absent for GRU)
+__host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+template <class T, Cell C>
+__host__ __device__ inline size_t smem_bytes(const Plan& pl, int B, int H) {
+  size_t n = align16(sizeof(T) * pl.Mp * H);
+  n += align16(sizeof(float) * pl.chunk * H);
+  n += align16(sizeof(float) * pl.Mp * pl.chunk);
+  if (C == Cell::kLstm) n += align16(sizeof(float) * pl.J * B);
+  return n;
+}
+
+template <class T, Cell C>
+__global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const PersistentFwd p,
+                                                                      const Plan pl) {
+  constexpr int G = gates_of<C>();
+  const int B = p.B, H = p.H, J = pl.J, Mp = pl.Mp, CH = pl.chunk;
+  const int j0 = blockIdx.x * J;
+  const int nj = min(J, H - j0);  // units owned by this block (>= 1)
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* w_s = reinterpret_cast<T*>(smem);
+  float* h_s = reinterpret_cast<float*>(smem + align16(sizeof(T) * Mp * H));
+  float* pre_s = h_s + align16(sizeof(float) * CH * H) / sizeof(float);
+  float* c_s = pre_s + align16(sizeof(float) * Mp * CH) / sizeof(float);
+
+  // Weights: once for the whole sequence.
+  const T* w_hh = static_cast<const T*>(p.w_hh);
+  for (int64_t e = tid; e < static_cast<int64_t>(Mp) * H; e += kThreads) {
+    const int r = static_cast<int>(e / H), k = static_cast<int>(e % H);
+    const int g = r / J, jj = r % J;
+    w_s[e] = (g < G && jj < nj) ? w_hh[(static_cast<int64_t>(g) * H + j0 + jj) * H + k]
+                                : from_acc<T>(0.0f);
+  }
+  // Initial state of the owned units: h0 -> hbuf[0] (float), c0 -> c_s.
+  const T* h0 = static_cast<const T*>(p.h0);
+  for (int e = tid; e < nj * B; e += kThreads) {
+    const int jj = e % nj, b = e / nj;
+    p.hbuf[static_cast<int64_t>(b) * H + j0 + jj] = to_acc(h0[static_cast<int64_t>(b) * H + j0 + jj]);
+    if constexpr (C == Cell::kLstm) {
+      c_s[jj * B + b] = to_acc(static_cast<const T*>(p.c0)[static_cast<int64_t>(b) * H + j0 + jj]);
+    }
+  }
+  cg::grid_group grid = cg::this_grid();
+  grid.sync();
+
+  T* y = static_cast<T*>(p.y);
+  const int64_t GH = static_cast<int64_t>(G) * H;
+  for (int t = 0; t < p.T; ++t) {
+    const float* cur = p.hbuf + static_cast<int64_t>(t & 1) * B * H;
+    float* nxt = p.hbuf + static_cast<int64_t>((t + 1) & 1) * B * H;
+    for (int b0 = 0; b0 < B; b0 += CH) {
+      const int nb = min(CH, B - b0);
+      // 1. h_{t-1} rows b0 .. b0+nb-1 (zero rows pad the last 8-row tile). __ldcg: read from L2,
+      // never from this SM's L1, which may hold the same buffer from two steps ago.
+      const int ntile = (nb + kBatch - 1) / kBatch;
+      for (int e = tid; e < ntile * kBatch * (H / 4); e += kThreads) {
+        const int bb = e / (H / 4), k = (e % (H / 4)) * 4;
+        float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (bb < nb) v = __ldcg(reinterpret_cast<const float4*>(cur + static_cast<int64_t>(b0 + bb) * H + k));
+        *reinterpret_cast<float4*>(h_s + bb * H + k) = v;
+      }
+      __syncthreads();
+      // 2. pre_s = W_slice h_chunk^T, one (4-row, 8-batch) tile per warp at a time.
+      const int rgroups = Mp / kRows;
+      for (int item = warp; item < rgroups * ntile; item += kWarps) {
+        const int rg = item % rgroups, tb = item / rgroups;
+        float acc[32];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+        for (int k = lane * 4; k < H; k += 128) {
+          float4 w[kRows];
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) w[r] = load4(w_s + (rg * kRows + r) * H + k);
+#pragma unroll
+          for (int bb = 0; bb < kBatch; ++bb) {
+            const float4 h = *reinterpret_cast<const float4*>(h_s + (tb * kBatch + bb) * H + k);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+              float a = acc[r * kBatch + bb];
+              a = fmaf(w[r].x, h.x, a);
+              a = fmaf(w[r].y, h.y, a);
+              a = fmaf(w[r].z, h.z, a);
+              a = fmaf(w[r].w, h.w, a);
+              acc[r * kBatch + bb] = a;
+            }
+          }
+        }
+        warp_reduce_32(acc, lane);
+        // lane = r * kBatch + bb
+        pre_s[(rg * kRows + lane / kBatch) * CH + tb * kBatch + lane % kBatch] = acc[0];
+      }
+      __syncthreads();
+      // 3. Gate math for the owned units of this batch chunk.
+      for (int e = tid; e < nj * nb; e += kThreads) {
+        const int jj = e % nj, bl = e / nj;
+        const int b = b0 + bl, j = j0 + jj;
+        const int64_t s = static_cast<int64_t>(b) * H + j;                 // (B, H)
+        const int64_t ts = static_cast<int64_t>(t) * B * H + s;            // (T, B, H)
+        const int64_t tg = (static_cast<int64_t>(t) * B + b) * GH + j;     // (T, B, G*H), gate 0
+        const float h_prev = h_s[bl * H + j];
+        const bool valid = p.lengths == nullptr || static_cast<int64_t>(t) < p.lengths[b];
+        float h_new = h_prev;
+        if (valid) {
+          if constexpr (C == Cell::kLstm) {
+            float pg[4];
+#pragma unroll
+            for (int g = 0; g < 4; ++g) pg[g] = __ldg(p.xp + tg + g * H) + pre_s[(g * J + jj) * CH + bl];
+            LstmGates<float> gt;
+            float c;
+            lstm_unit_fwd(pg[0], pg[1], pg[2], pg[3], c_s[jj * B + b], gt, c, h_new);
+            c_s[jj * B + b] = c;
+            if (p.gates != nullptr) {
+              p.gates[tg] = gt.i;
+              p.gates[tg + H] = gt.f;
+              p.gates[tg + 2 * H] = gt.g;
+              p.gates[tg + 3 * H] = gt.o;
+              p.saved2[ts] = c;
+            }
+          } else {
+            float hh[3];
+#pragma unroll
+            for (int g = 0; g < 3; ++g) {
+              hh[g] = pre_s[(g * J + jj) * CH + bl] + (p.b_hh != nullptr ? p.b_hh[g * H + j] : 0.f);
+            }
+            GruGates<float> gt;
+            gru_unit_fwd(__ldg(p.xp + tg), __ldg(p.xp + tg + H), __ldg(p.xp + tg + 2 * H), hh[0],
+                         hh[1], hh[2], h_prev, gt, h_new);
+            if (p.gates != nullptr) {
+              p.gates[tg] = gt.r;
+              p.gates[tg + H] = gt.z;
+              p.gates[tg + 2 * H] = gt.n;
+              p.saved2[ts] = hh[2];
+            }
+          }
+          y[ts] = from_acc<T>(h_new);
+        } else {
+          y[ts] = from_acc<T>(0.0f);
+          if (p.gates != nullptr) {
+            for (int g = 0; g < G; ++g) p.gates[tg + g * H] = 0.f;
+            p.saved2[ts] = 0.f;
+          }
+        }
+        nxt[s] = h_new;
+        if (t == p.T - 1) {
+          static_cast<T*>(p.hn)[s] = from_acc<T>(h_new);
+          if constexpr (C == Cell::kLstm) static_cast<T*>(p.cn)[s] = from_acc<T>(c_s[jj * B + b]);
+        }
+      }
+      __syncthreads();  // h_s and pre_s are reused by the next chunk
+    }
+    grid.sync();  // h_t complete in nxt before step t+1 reads it
+  }
+}
+
+std::string cuda_error(const char* what, cudaError_t e) {
+  return std::string(what) + ": " + cudaGetErrorString(e);
+}
+
+template <class T, Cell C>
+LaunchResult launch_typed(const PersistentFwd& p, int device, cudaStream_t stream) {
+  constexpr int G = gates_of<C>();
+  auto kernel = persistent_fwd_kernel<T, C>;
+  int sms = 0, smem_optin = 0, coop = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e == cudaSuccess)
+    e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device);
+  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaDeviceGetAttribute", e)};
+  if (!coop) return {Status::kNotApplicable, "the device does not support cooperative launch"};
+
+  // One block per SM: the fewest units per block that spread H over all SMs.
+  Plan pl{};
+  pl.J = (p.H + sms - 1) / sms;
+  pl.blocks = (p.H + pl.J - 1) / pl.J;
+  pl.Mp = (G * pl.J + kRows - 1) / kRows * kRows;
+  // As many 8-row batch tiles of h as fit next to the weights.
+  const int b_pad = (p.B + kBatch - 1) / kBatch * kBatch;
+  pl.chunk = b_pad;
+  while (pl.chunk > kBatch && smem_bytes<T, C>(pl, p.B, p.H) > static_cast<size_t>(smem_optin))
+    pl.chunk -= kBatch;
+  const size_t smem = smem_bytes<T, C>(pl, p.B, p.H);
+  if (smem > static_cast<size_t>(smem_optin)) {
+    return {Status::kNotApplicable, "W_hh slice needs " + std::to_string(smem) +
+                                        " bytes of shared memory per block, the device has " +
+                                        std::to_string(smem_optin)};
+  }
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem));
+  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaFuncSetAttribute", e)};
+  int per_sm = 0;
+  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
+  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaOccupancyMaxActiveBlocks", e)};
+  if (per_sm * sms < pl.blocks) {
+    return {Status::kNotApplicable, std::to_string(pl.blocks) + " blocks cannot be co-resident (" +
+                                        std::to_string(per_sm) + " per SM x " +
+                                        std::to_string(sms) + " SMs)"};
+  }
+  PersistentFwd args = p;
+  void* argv[] = {&args, &pl};
+  e = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(pl.blocks),
+                                  dim3(kThreads), argv, smem, stream);
+  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaLaunchCooperativeKernel", e)};
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return {Status::kError, cuda_error("persistent forward kernel", e)};
+  return {Status::kOk, ""};
+}
+
+template <Cell C>
+LaunchResult launch_cell(const PersistentFwd& p, int device, cudaStream_t stream) {
+  switch (p.io) {
+    case DType::kF32:
+      return launch_typed<float, C>(p, device, stream);
+    case DType::kF16:
+      return launch_typed<__half, C>(p, device, stream);
+    case DType::kBF16:
+      return launch_typed<__nv_bfloat16, C>(p, device, stream);
+    default:
+      return {Status::kNotApplicable, "no persistent kernel for this dtype"};
+  }
+}
+
+}  // namespace
+
+LaunchResult launch_persistent_fwd(const PersistentFwd& p, int device, void* stream) {
+  if (p.T < 1 || p.B < 1 || p.H < 1) return {Status::kError, "T, B and H must be >= 1"};
+  if (p.H % 4 != 0) return {Status::kNotApplicable, "H is not a multiple of 4"};
+  if ((p.gates == nullptr) != (p.saved2 == nullptr)) {
+    return {Status::kError, "gates and saved2 must both be set or both be null"};
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  return p.cell == Cell::kLstm ? launch_cell<Cell::kLstm>(p, device, s)
+                               : launch_cell<Cell::kGru>(p, device, s);
+}
+
+}  // namespace cuda
+}  // namespace fused_rnn
