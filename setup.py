@@ -1,10 +1,80 @@
 """fused_rnn: fused LSTM / GRU kernels for PyTorch.
 
-The compiled extension (fused_rnn._C) is added by the C++ build; set FUSED_RNN_NO_EXT=1 to
-install the pure-Python part only.
+Builds the compiled extension fused_rnn._C ahead of time (nothing is compiled at first use):
+  - always the C++ CPU ops (csrc/ops.cpp, csrc/cpu/*.cpp) as a CppExtension;
+  - plus the CUDA sources (csrc/cuda/*.cu, csrc/cuda/*.cpp) as a CUDAExtension when torch was built
+    with CUDA and nvcc is found.
+Environment switches:
+  FUSED_RNN_NO_EXT=1        install the pure-Python part only (backends "reference" / "triton").
+  FUSED_RNN_CPU_ISA=default compile the CPU kernels for the baseline ISA instead of AVX2+FMA
+                            (picked automatically when the build machine lacks AVX2).
+Build: pip install --no-build-isolation -e .
 """
 
+import glob
+import os
+import platform
+import shutil
+
 from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _sources(pattern: str) -> list[str]:
+    # Relative paths: setuptools rejects absolute ones in editable builds.
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _cpu_isa_flags() -> list[str]:
+    """AVX2+FMA flags for ATen's Vectorized<> (its exp / tanh then map to Sleef's vector
+    functions) when the build machine has them; the kernels check the CPU again at run time."""
+    import torch
+
+    if os.environ.get("FUSED_RNN_CPU_ISA", "").lower() == "default":
+        return []
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return []
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return []
+    return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+
+
+def _extensions():
+    if os.environ.get("FUSED_RNN_NO_EXT", "") == "1":
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    # No -ffast-math: NaN and inf must propagate as in torch.
+    cxx = ["-O3", "-g0", "-DPy_LIMITED_API=0x03090000", *_cpu_isa_flags()]
+    sources = ["csrc/ops.cpp", *_sources("csrc/cpu/*.cpp")]
+    nvcc = shutil.which("nvcc") or (
+        cpp_extension.CUDA_HOME and shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
+    )
+    cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
+    if torch.version.cuda is not None and nvcc and cuda_sources:
+        ext = cpp_extension.CUDAExtension(
+            "fused_rnn._C",
+            sources + cuda_sources,
+            extra_compile_args={
+                "cxx": cxx,
+                "nvcc": [
+                    "-O3",
+                    "-gencode=arch=compute_80,code=sm_80",
+                    "-gencode=arch=compute_90,code=sm_90",
+                ],
+            },
+            py_limited_api=True,
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            "fused_rnn._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=True
+        )
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+ext_modules, cmdclass = _extensions()
 
 setup(
     name="fused_rnn",
@@ -14,4 +84,7 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
     extras_require={"triton": ["triton>=3.0"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    options={"bdist_wheel": {"py_limited_api": "cp39"}} if ext_modules else {},
 )

@@ -1,0 +1,99 @@
+"""Side-by-side CPU timing of nn.LSTM / nn.GRU (oneDNN) and fused_rnn's "cpp" backend.
+
+One layer, one direction, fp32, padded time-major input. For each thread count, shape and cell,
+both providers run interleaved in the same process: warm-up, then `--repeats` timed runs each,
+and the median is reported. Modes: "infer" (torch.no_grad forward) and "fwd+bwd" (forward, then
+backward of a fixed random dy into x and every parameter).
+
+    OMP_NUM_THREADS=2 python benchmarks/cpu_profile/bench_cpu.py            # threads 2 then 1
+    python benchmarks/cpu_profile/bench_cpu.py --shapes imdb --cells gru --repeats 5
+
+Prints a markdown table; speedup = torch time / cpp time (> 1: cpp faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import fused_rnn
+
+# (T, B, I, H): PyTorch's benchmarks/fastrnns default, and one layer of the IMDB example.
+SHAPES = {"fastrnns": (100, 64, 512, 512), "imdb": (256, 64, 128, 256)}
+
+
+def _pair(cell: str, I: int, H: int):
+    ref = getattr(torch.nn, cell.upper())(I, H)
+    ours = getattr(fused_rnn, cell.upper())(I, H, backend="cpp")
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _runner(module, x: torch.Tensor, dy: torch.Tensor, mode: str):
+    if mode == "infer":
+
+        def run():
+            with torch.no_grad():
+                module(x)
+
+    else:
+
+        def run():
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            y, _ = module(x)
+            y.backward(dy)
+
+    return run
+
+
+def bench(threads: int, shape: str, cell: str, mode: str, warmup: int, repeats: int) -> dict:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    T, B, I, H = SHAPES[shape]
+    ref, ours = _pair(cell, I, H)
+    x = torch.randn(T, B, I, requires_grad=(mode != "infer"))
+    dy = torch.randn(T, B, H)
+    runs = {"torch": _runner(ref, x, dy, mode), "cpp": _runner(ours, x, dy, mode)}
+    times = {k: [] for k in runs}
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+    for _ in range(repeats):  # interleaved, so drifting machine load hits both alike
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return {"threads": threads, "shape": shape, "cell": cell, "mode": mode, **med}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
+    p.add_argument("--modes", nargs="+", default=["infer", "fwd+bwd"], choices=["infer", "fwd+bwd"])
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    a = p.parse_args()
+    print(f"torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    print("| threads | shape (T,B,I,H) | cell | mode | nn (ms) | cpp (ms) | speedup |")
+    print("|---|---|---|---|---|---|---|")
+    for threads in a.threads:
+        for shape in a.shapes:
+            for cell in a.cells:
+                for mode in a.modes:
+                    r = bench(threads, shape, cell, mode, a.warmup, a.repeats)
+                    print(
+                        f"| {threads} | {shape} {SHAPES[shape]} | {cell} | {mode} "
+                        f"| {r['torch']:.1f} | {r['cpp']:.1f} | {r['torch'] / r['cpp']:.2f}x |",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+// Fused GRU layer on the CPU: fused_rnn::gru_fwd and fused_rnn::gru_bwd.
+//
+// Dimension legend: T time steps, B batch, I input features, H hidden size; gates in torch's
+// order r, z, n, so a (B, 3H) gate row is [r | z | n], H columns each, and
+//   r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n),
+//   h = (1 - z) * n + z * h_prev,   with gi = x W_ih^T + b_ih and gh = h_prev W_hh^T + b_hh.
+//
+// Forward: gi for every step is one GEMM into the `gates` buffer before the loop; each step runs
+// one GEMM for gh (into one (B, 3H) buffer) and one fused, vectorised pointwise pass per batch row
+// that overwrites gi[t] with r, z, n and saves gh_n (needed by backward). Nothing is allocated
+// inside the time loop.
+// Backward: per step, one pointwise pass (the gradients of gi and gh pre-activations) and one
+// GEMM (dgh[t] W_hh -> dh_{t-1}); dx, dW_ih, dW_hh, db_ih, db_hh are large GEMMs / sums after it.
+// Per-sequence lengths: as for the LSTM, a padded step writes y = 0, freezes the state and has zero
+// gradients, so its state gradient passes through unchanged.
+#include <torch/library.h>
+
+#include "../fused_rnn.h"
+#include "cpu_common.h"
+
+namespace fused_rnn::cpu {
+namespace {
+
+using at::Tensor;
+
+constexpr const char* kFwd = "fused_rnn::gru_fwd";
+constexpr const char* kBwd = "fused_rnn::gru_bwd";
+
+// All tensors contiguous, in scalar_t: x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H),
+// b_ih / b_hh (3H,) or undefined. Returns y (T, B, H), hn (B, H), gates (T, B, 3H) and
+// ghn (T, B, H) -- the last two empty unless need_saved.
+template <typename scalar_t>
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd_kernel(
+    const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& b_ih, const Tensor& b_hh, const int64_t* len, bool need_saved) {
+  using Vec = Vectorized<scalar_t>;
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = 3 * H;
+
+  Tensor gates = at::empty({T, B, G}, x.options());  // gi, then r, z, n in place
+  Tensor g2d = gates.view({T * B, G});
+  if (b_ih.defined()) {
+    at::addmm_out(g2d, b_ih, x.view({T * B, I}), w_ih.t());
+  } else {
+    at::mm_out(g2d, x.view({T * B, I}), w_ih.t());
+  }
+  Tensor y = at::empty({T, B, H}, x.options());
+  Tensor h = h0.clone();
+  Tensor gh = at::empty({B, G}, x.options());  // h_{t-1} W_hh^T + b_hh of the current step
+  Tensor ghn = need_saved ? at::empty({T, B, H}, x.options()) : x.new_empty({0});
+
+  const Tensor w_hh_t = w_hh.t();
+  scalar_t* gp = gates.data_ptr<scalar_t>();
+  scalar_t* yp = y.data_ptr<scalar_t>();
+  scalar_t* hp = h.data_ptr<scalar_t>();
+  const scalar_t* ghp = gh.data_ptr<scalar_t>();
+  scalar_t* ghnp = need_saved ? ghn.data_ptr<scalar_t>() : nullptr;
+
+  for (int64_t t = 0; t < T; ++t) {
+    if (b_hh.defined()) {
+      at::addmm_out(gh, b_hh, h, w_hh_t);
+    } else {
+      at::mm_out(gh, h, w_hh_t);
+    }
+    for_each_row(B, G, [&](int64_t b) {
+      scalar_t* g = gp + (t * B + b) * G;
+      scalar_t* yr = yp + (t * B + b) * H;
+      scalar_t* hr = hp + b * H;
+      const scalar_t* ghr = ghp + b * G;
+      scalar_t* ghnr = need_saved ? ghnp + (t * B + b) * H : nullptr;
+      if (!step_valid(len, b, t)) {  // padding: y = 0, state frozen
+        zero_row(yr, H);
+        if (need_saved) {
+          zero_row(g, G);
+          zero_row(ghnr, H);
+        }
+        return;
+      }
+      for_each_vec<scalar_t>(H, [&](int64_t j, int64_t n) {
+        const Vec r = vsigmoid(Vec::loadu(g + j, n) + Vec::loadu(ghr + j, n));
+        const Vec z = vsigmoid(Vec::loadu(g + H + j, n) + Vec::loadu(ghr + H + j, n));
+        const Vec ghn_v = Vec::loadu(ghr + 2 * H + j, n);
+        const Vec nn = (Vec::loadu(g + 2 * H + j, n) + r * ghn_v).tanh();
+        const Vec hn = nn + z * (Vec::loadu(hr + j, n) - nn);  // (1 - z) n + z h_prev
+        hn.store(hr + j, n);
+        hn.store(yr + j, n);
+        if (need_saved) {
+          r.store(g + j, n);
+          z.store(g + H + j, n);
+          nn.store(g + 2 * H + j, n);
+          ghn_v.store(ghnr + j, n);
+        }
+      });
+    });
+  }
+  if (!need_saved) gates = x.new_empty({0});
+  return {y, h, gates, ghn};
+}
+
+// Tensors as in gru_fwd_kernel plus y (T, B, H), gates / ghn from it, dy (T, B, H), dhn (B, H).
+// Returns dx (T, B, I), dh0 (B, H), dw_ih (3H, I), dw_hh (3H, H), db_ih, db_hh (3H,).
+template <typename scalar_t>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
+    const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& y,
+    const Tensor& gates, const Tensor& ghn, const int64_t* len, const Tensor& dy,
+    const Tensor& dhn) {
+  using Vec = Vectorized<scalar_t>;
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = 3 * H;
+
+  // Gradients of the pre-activations gi (input side) and gh (recurrent side); they differ only in
+  // the n block, where dgh_n = dgi_n * r.
+  Tensor dgi = at::empty({T, B, G}, x.options());
+  Tensor dgh = at::empty({T, B, G}, x.options());
+  // As in the LSTM: valid rows replace dh with z * dh_t, then the GEMM adds dgh[t] W_hh; padded
+  // rows keep theirs.
+  Tensor dh = dhn.clone();
+  const std::vector<Tensor> dgh_steps = dgh.unbind(0);
+  scalar_t* dgip = dgi.data_ptr<scalar_t>();
+  scalar_t* dghp = dgh.data_ptr<scalar_t>();
+  scalar_t* dhp = dh.data_ptr<scalar_t>();
+  const scalar_t* gp = gates.data_ptr<scalar_t>();
+  const scalar_t* ghnp = ghn.data_ptr<scalar_t>();
+  const scalar_t* yp = y.data_ptr<scalar_t>();
+  const scalar_t* h0p = h0.data_ptr<scalar_t>();
+  const scalar_t* dyp = dy.data_ptr<scalar_t>();
+
+  for (int64_t t = T - 1; t >= 0; --t) {
+    for_each_row(B, G, [&](int64_t b) {
+      scalar_t* dgir = dgip + (t * B + b) * G;
+      scalar_t* dghr = dghp + (t * B + b) * G;
+      if (!step_valid(len, b, t)) {
+        zero_row(dgir, G);
+        zero_row(dghr, G);
+        return;
+      }
+      const scalar_t* g = gp + (t * B + b) * G;
+      const scalar_t* ghnr = ghnp + (t * B + b) * H;
+      const scalar_t* hprev = t == 0 ? h0p + b * H : yp + ((t - 1) * B + b) * H;
+      const scalar_t* dyr = dyp + (t * B + b) * H;
+      scalar_t* dhr = dhp + b * H;
+      const Vec one(scalar_t(1));
+      for_each_vec<scalar_t>(H, [&](int64_t j, int64_t n) {
+        const Vec r = Vec::loadu(g + j, n);
+        const Vec z = Vec::loadu(g + H + j, n);
+        const Vec nn = Vec::loadu(g + 2 * H + j, n);
+        const Vec dht = Vec::loadu(dyr + j, n) + Vec::loadu(dhr + j, n);
+        const Vec dn = dht * (one - z) * (one - nn * nn);  // through tanh
+        const Vec dz = dht * (Vec::loadu(hprev + j, n) - nn) * z * (one - z);
+        const Vec dr = dn * Vec::loadu(ghnr + j, n) * r * (one - r);
+        dr.store(dgir + j, n);
+        dr.store(dghr + j, n);
+        dz.store(dgir + H + j, n);
+        dz.store(dghr + H + j, n);
+        dn.store(dgir + 2 * H + j, n);
+        (dn * r).store(dghr + 2 * H + j, n);
+        (dht * z).store(dhr + j, n);
+      });
+    });
+    dh.addmm_(dgh_steps[t], w_hh);  // dh_{t-1} = z * dh_t + dgh[t] W_hh
+  }
+
+  const Tensor dgi2d = dgi.view({T * B, G});
+  const Tensor dgh2d = dgh.view({T * B, G});
+  Tensor dx = at::mm(dgi2d, w_ih).view({T, B, I});
+  Tensor dw_ih = at::mm(dgi2d.t(), x.view({T * B, I}));
+  // h_{t-1} is h0 for t = 0 and y[t-1] after it (padded steps have dgh = 0, so their y is unused).
+  Tensor dw_hh = at::mm(dgh_steps[0].t(), h0);
+  if (T > 1) {
+    dw_hh.addmm_(dgh.narrow(0, 1, T - 1).view({(T - 1) * B, G}).t(),
+                 y.narrow(0, 0, T - 1).view({(T - 1) * B, H}));
+  }
+  return {dx, dh, dw_ih, dw_hh, dgi2d.sum(0), dgh2d.sum(0)};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd(
+    const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
+    const std::optional<Tensor>& lengths, bool need_saved) {
+  check_isa(kFwd);
+  const Dims d = check_inputs(kFwd, 3, x, h0, nullptr, w_ih, w_hh, b_ih, b_hh, lengths);
+  if (lengths) check_lengths_values(kFwd, *lengths, d.T);
+  const auto dt = x.scalar_type();
+  const Tensor xa = to_acc(x);
+  std::tuple<Tensor, Tensor, Tensor, Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(xa.scalar_type(), kFwd, [&] {
+    out = gru_fwd_kernel<scalar_t>(xa, to_acc(h0), to_acc(w_ih), to_acc(w_hh),
+                                   b_ih ? to_acc(*b_ih) : Tensor(), b_hh ? to_acc(*b_hh) : Tensor(),
+                                   lengths_ptr(lengths), need_saved);
+  });
+  auto& [y, hn, gates, ghn] = out;
+  return {from_acc(y, dt), from_acc(hn, dt), gates, ghn};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(
+    const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh, const Tensor& y,
+    const Tensor& gates, const Tensor& ghn, const std::optional<Tensor>& lengths, const Tensor& dy,
+    const Tensor& dhn) {
+  check_isa(kBwd);
+  const Dims d = check_inputs(kBwd, 3, x, h0, nullptr, w_ih, w_hh, std::nullopt, std::nullopt,
+                              lengths);
+  const auto dt = x.scalar_type(), acc = acc_dtype(dt);
+  check_tensor(kBwd, "y", y, {d.T, d.B, d.H}, dt, x);
+  check_tensor(kBwd, "gates", gates, {d.T, d.B, 3 * d.H}, acc, x);
+  check_tensor(kBwd, "ghn", ghn, {d.T, d.B, d.H}, acc, x);
+  check_tensor(kBwd, "dy", dy, {d.T, d.B, d.H}, dt, x);
+  check_tensor(kBwd, "dhn", dhn, {d.B, d.H}, dt, x);
+  if (lengths) check_lengths_values(kBwd, *lengths, d.T);
+  std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(acc, kBwd, [&] {
+    out = gru_bwd_kernel<scalar_t>(to_acc(x), to_acc(h0), to_acc(w_ih), to_acc(w_hh), to_acc(y),
+                                   gates, ghn, lengths_ptr(lengths), to_acc(dy), to_acc(dhn));
+  });
+  auto& [dx, dh0, dw_ih, dw_hh, db_ih, db_hh] = out;
+  return {from_acc(dx, dt),    from_acc(dh0, dt),   from_acc(dw_ih, dt),
+          from_acc(dw_hh, dt), from_acc(db_ih, dt), from_acc(db_hh, dt)};
+}
+
+}  // namespace
+}  // namespace fused_rnn::cpu
+
+TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
+  m.impl("gru_fwd", &fused_rnn::cpu::gru_fwd);
+  m.impl("gru_bwd", &fused_rnn::cpu::gru_bwd);
+}
