@@ -49,9 +49,8 @@ def _extensions():
     # No -ffast-math: NaN and inf must propagate as in torch.
     cxx = ["-O3", "-g0", "-DPy_LIMITED_API=0x03090000", *_cpu_isa_flags()]
     sources = ["csrc/ops.cpp", *_sources("csrc/cpu/*.cpp")]
-    nvcc = shutil.which("nvcc") or (
-        cpp_extension.CUDA_HOME and shutil.which(os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc"))
-    )
+    home = cpp_extension.CUDA_HOME
+    nvcc = shutil.which("nvcc") or (home and shutil.which(os.path.join(home, "bin", "nvcc")))
     cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     if torch.version.cuda is not None and nvcc and cuda_sources:
         ext = cpp_extension.CUDAExtension(

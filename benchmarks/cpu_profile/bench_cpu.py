@@ -25,9 +25,9 @@ import fused_rnn
 SHAPES = {"fastrnns": (100, 64, 512, 512), "imdb": (256, 64, 128, 256)}
 
 
-def _pair(cell: str, I: int, H: int):
-    ref = getattr(torch.nn, cell.upper())(I, H)
-    ours = getattr(fused_rnn, cell.upper())(I, H, backend="cpp")
+def _pair(cell: str, n_in: int, hidden: int):
+    ref = getattr(torch.nn, cell.upper())(n_in, hidden)
+    ours = getattr(fused_rnn, cell.upper())(n_in, hidden, backend="cpp")
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
@@ -53,10 +53,10 @@ def _runner(module, x: torch.Tensor, dy: torch.Tensor, mode: str):
 def bench(threads: int, shape: str, cell: str, mode: str, warmup: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    T, B, I, H = SHAPES[shape]
-    ref, ours = _pair(cell, I, H)
-    x = torch.randn(T, B, I, requires_grad=(mode != "infer"))
-    dy = torch.randn(T, B, H)
+    T, B, n_in, hidden = SHAPES[shape]
+    ref, ours = _pair(cell, n_in, hidden)
+    x = torch.randn(T, B, n_in, requires_grad=(mode != "infer"))
+    dy = torch.randn(T, B, hidden)
     runs = {"torch": _runner(ref, x, dy, mode), "cpp": _runner(ours, x, dy, mode)}
     times = {k: [] for k in runs}
     for _ in range(warmup):
