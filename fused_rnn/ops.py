@@ -160,6 +160,24 @@ def _register_fakes() -> None:
 
 
 # ------------------------------------------------------------------------------ the backend
+# Constant for torch.compile: the modules ask for it inside forward, and tracing into the
+# import / file checks would break the graph.
+@torch.compiler.assume_constant_result
+def _status(device: str) -> str | None:
+    """None when the compiled ops run on `device` ("cpu" / "cuda") here, else why not."""
+    why = load_library()
+    if why is not None:
+        return why
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("fused_rnn::lstm_fwd", device.upper()):
+        return (
+            f"fused_rnn._C was built without {device.upper()} kernels (it needs torch with CUDA "
+            f"and nvcc at build time; torch.version.cuda={torch.version.cuda}); {REBUILD}"
+        )
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available"
+    return None
+
+
 def _c(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
@@ -175,20 +193,7 @@ class CompiledBackend:
     device: str = ""
 
     def available(self) -> str | None:
-        why = load_library()
-        if why is not None:
-            return why
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(
-            "fused_rnn::lstm_fwd", self.device.upper()
-        ):
-            return (
-                f"fused_rnn._C was built without {self.device.upper()} kernels (it needs torch "
-                f"with CUDA and nvcc at build time; torch.version.cuda={torch.version.cuda}); "
-                f"{REBUILD}"
-            )
-        if self.device == "cuda" and not torch.cuda.is_available():
-            return "no CUDA device is available"
-        return None
+        return _status(self.device)
 
     def supports(self, cell: str, x: Tensor, has_proj: bool) -> str | None:
         if cell not in ("lstm", "gru"):
