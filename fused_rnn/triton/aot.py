@@ -1,0 +1,119 @@
+"""Ahead-of-time compile of every kernel in every config the GPU path ships, for Hopper
+(sm_90), without a GPU: catches what the interpreter accepts but the GPU compiler rejects,
+and reports each kernel's registers and spills.
+
+Run with TRITON_INTERPRET unset (the kernels must be JIT functions, not interpreted ones):
+``python -m fused_rnn.triton.aot [--all]`` prints one line per compiled kernel: by default one
+config per (kernel, path) in bf16 and in fp32 (fp16 differs from bf16 only in the element
+type), the one with the largest tiles; with --all every config.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+from . import gru, lstm
+from .common import INTERPRET, Config, shipped_gpu_configs
+
+HOPPER = GPUTarget("cuda", 90, 32)
+_TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _signatures(dt: str) -> dict:
+    """Per kernel: {argument: type} of its runtime arguments (constexprs are added later)."""
+    f32, i32 = "*fp32", "i32"
+    tail = {"counter_ptr": "*i32", "t_first": i32, "n_iter": i32}
+    return {
+        lstm._lstm_fwd_kernel: {
+            **dict(xp_ptr=f"*{dt}", w_ptr=f"*{dt}", b_ptr=f32, len_ptr="*i64", hs_ptr=f32),
+            **dict(cs_ptr=f32, y_ptr=f"*{dt}", gates_ptr=f32, B=i32, H=i32, slots=i32, save=i32),
+            **tail,
+        },
+        lstm._lstm_bwd_kernel: {
+            **dict(w_ptr=f"*{dt}", len_ptr="*i64", gates_ptr=f32, cs_ptr=f32, dy_ptr=f"*{dt}"),
+            **dict(dg_ptr=f32, dhs_ptr=f32, dcs_ptr=f32, dh0_ptr=f32, B=i32, H=i32, T=i32),
+            **tail,
+        },
+        gru._gru_fwd_kernel: {
+            **dict(xp_ptr=f"*{dt}", w_ptr=f"*{dt}", b_ptr=f32, len_ptr="*i64", hs_ptr=f32),
+            **dict(y_ptr=f"*{dt}", gates_ptr=f32, B=i32, H=i32, slots=i32, save=i32),
+            **tail,
+        },
+        gru._gru_bwd_kernel: {
+            **dict(w_ptr=f"*{dt}", len_ptr="*i64", gates_ptr=f32, hs_ptr=f32, dy_ptr=f"*{dt}"),
+            **dict(dg_ptr=f32, dhs_ptr=f32, dh0_ptr=f32, B=i32, H=i32, T=i32),
+            **tail,
+        },
+    }
+
+
+def _resources(cubin: bytes) -> dict:
+    """{"REG": n, "LOCAL": bytes, "STACK": bytes} of the cubin's kernel, read with the
+    cuobjdump shipped in the triton wheel."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    tmp = Path(subprocess.check_output(["mktemp", "--suffix=.cubin"], text=True).strip())
+    try:
+        tmp.write_bytes(cubin)
+        out = subprocess.check_output([str(tool), "--dump-resource-usage", str(tmp)], text=True)
+    finally:
+        tmp.unlink()
+    return {k: int(v) for k, v in re.findall(r"(REG|LOCAL|STACK):(\d+)", out)}
+
+
+def compile_config(kernel, dtype: torch.dtype, cfg: Config) -> dict:
+    """Compile one kernel for sm_90; returns its resource usage (raises if it does not build)."""
+    if INTERPRET:
+        raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    sig = dict(_signatures(_TY[dtype])[kernel])
+    consts = cfg.constexprs()
+    sig.update({k: "constexpr" for k in consts})
+    src = triton.compiler.ASTSource(kernel, sig, consts)
+    opts = {"num_warps": cfg.num_warps}
+    if cfg.persistent:
+        opts["launch_cooperative_grid"] = True
+    compiled = triton.compile(src, target=HOPPER, options=opts)
+    return _resources(compiled.asm["cubin"])
+
+
+def jobs(everything: bool) -> list[tuple]:
+    """(kernel, dtype, cfg) for every kernel and every config the GPU path can pick; unless
+    ``everything``, only bf16 and fp32 and the config with the largest HP per (kernel, dtype,
+    path) -- the one with the most registers, most likely to fail (each compile takes
+    seconds on a CPU)."""
+    kernels = {
+        4: (lstm._lstm_fwd_kernel, lstm._lstm_bwd_kernel),
+        3: (gru._gru_fwd_kernel, gru._gru_bwd_kernel),
+    }
+    out = [(k, dt, cfg) for G, dt, cfg in shipped_gpu_configs() for k in kernels[G]]
+    if everything:
+        return out
+    largest = {}
+    for k, dt, cfg in out:
+        if dt == torch.float16:
+            continue
+        key = (id(k), dt, cfg.persistent)
+        if key not in largest or cfg.HP > largest[key][2].HP:
+            largest[key] = (k, dt, cfg)
+    return list(largest.values())
+
+
+def kernel_name(kernel) -> str:
+    return getattr(kernel, "fn", kernel).__name__
+
+
+def main(argv: list[str]) -> int:
+    for kernel, dtype, cfg in jobs("--all" in argv):
+        res = compile_config(kernel, dtype, cfg)
+        print(f"{kernel_name(kernel):17s} {_TY[dtype]:4s} {cfg} {res}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
