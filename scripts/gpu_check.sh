@@ -105,15 +105,19 @@ for cell, T, B, I, H, dt in CASES:
             ops.lstm_bwd(x, h0, c0, w_ih, w_hh, o[0], o[3], o[4], None, dy, dh, dh)
         else:
             ops.gru_bwd(x, h0, w_ih, w_hh, o[0], o[2], o[3], None, dy, dh)
-    for path in ("general", "persistent"):
-        os.environ["FUSED_RNN_CUDA_PATH"] = path
+    variants = [("general", "0"), ("persistent", "0")]
+    if dt != torch.float32:
+        variants.append(("persistent", "1"))  # tensor-core matvec
+    for path, mma in variants:
+        os.environ["FUSED_RNN_CUDA_PATH"], os.environ["FUSED_RNN_CUDA_MMA"] = path, mma
+        name = f"cuda-{path}" + ("-mma" if mma == "1" else "")
         try:
             f = timed(lambda: fwd(False), 5)
             fb = timed(fwd_bwd, 3)
-            rows.append([cell, T, B, I, H, str(dt)[6:], f"cuda-{path}", f, fb, ""])
+            rows.append([cell, T, B, I, H, str(dt)[6:], name, f, fb, ""])
         except RuntimeError as e:
-            rows.append([cell, T, B, I, H, str(dt)[6:], f"cuda-{path}", "", "", str(e)[:200]])
-    os.environ["FUSED_RNN_CUDA_PATH"] = "auto"
+            rows.append([cell, T, B, I, H, str(dt)[6:], name, "", "", str(e)[:200]])
+    os.environ["FUSED_RNN_CUDA_PATH"], os.environ["FUSED_RNN_CUDA_MMA"] = "auto", "0"
     mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H).to("cuda", dt)
     hx = (h0[None], c0[None]) if cell == "lstm" else h0[None]
     try:
@@ -124,7 +128,7 @@ for cell, T, B, I, H, dt in CASES:
         rows.append([cell, T, B, I, H, str(dt)[6:], "torch(cudnn)", f, fb, ""])
     except RuntimeError as e:
         rows.append([cell, T, B, I, H, str(dt)[6:], "torch(cudnn)", "", "", str(e)[:200]])
-    for row in rows[-3:]:
+    for row in rows[-len(variants) - 1:]:
         print(row)
 with open(sys.argv[1], "w", newline="") as fh:
     w = csv.writer(fh)

@@ -13,7 +13,8 @@
 // fp32 output (at::mm out_dtype); the other GEMMs run on acc copies of their operands.
 //
 // Path choice: env FUSED_RNN_CUDA_PATH = auto (default) | general | persistent; "persistent"
-// raises instead of falling back, so tests can tell which path ran.
+// raises instead of falling back, so tests can tell which path ran. FUSED_RNN_CUDA_MMA=1 puts
+// the persistent kernel's matvec on tensor cores (fp16 / bf16; see tensor_cores_requested).
 //
 // FUSED_RNN_CUDA_EMULATE (tests only): builds this file with the CPU torch, no CUDA: the
 // launchers come from emulation/host_launchers.cpp (the same element functions run on the host),
@@ -125,6 +126,14 @@ PathChoice path_choice() {
   return PathChoice::kAuto;  // unreachable: TORCH_CHECK(false) throws
 }
 
+// FUSED_RNN_CUDA_MMA=1: the persistent kernel's recurrent matvec runs on tensor cores for fp16 /
+// bf16 (h rounded to the io dtype for the product, as cuDNN does). Off by default until it has
+// passed the GPU tests (tests/test_cuda_compile.py, scripts/gpu_check.sh).
+bool tensor_cores_requested() {
+  const char* v = std::getenv("FUSED_RNN_CUDA_MMA");
+  return v != nullptr && std::string(v) == "1";
+}
+
 // Arguments of the persistent kernel; c0 / cn are null and b_hh undefined for LSTM as needed.
 cuda::PersistentFwd persistent_args(cuda::Cell cell, const Tensor& x, const Tensor& xp,
                                     const Tensor& w_hh, const Tensor& b_hh_acc, const Tensor& h0,
@@ -148,6 +157,7 @@ cuda::PersistentFwd persistent_args(cuda::Cell cell, const Tensor& x, const Tens
   p.cn = cn != nullptr ? cn->data_ptr() : nullptr;
   p.gates = need_saved ? gates.data_ptr<float>() : nullptr;
   p.saved2 = need_saved ? saved2.data_ptr<float>() : nullptr;
+  p.tensor_cores = tensor_cores_requested();
   return p;
 }
 

@@ -112,6 +112,8 @@ struct PersistentFwd {
   float* gates;      // (T, B, G*H) float or null (not saved)
   float* saved2;     // LSTM: cs (T, B, H); GRU: ghn (T, B, H); float; null iff gates is null
   float* hbuf;       // (2, B, H) float workspace, no other use; contents on entry ignored
+  bool tensor_cores;  // fp16 / bf16 with H % 16 == 0: recurrent matvec on tensor cores, h
+                      // rounded to io for the product (state and gate math stay fp32)
 };
 
 enum class Status : int { kOk = 0, kNotApplicable = 1, kError = 2 };

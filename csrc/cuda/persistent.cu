@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 
 #include "cell_math.cuh"
 #include "io_types.cuh"
@@ -47,9 +48,13 @@ static_assert(kRows * kBatch == 32, "the shuffle reduction hands one tile elemen
 // Launch geometry, computed on the host (plan()).
 struct Plan {
   int J;       // hidden units per block
-  int Mp;      // G*J rounded up to a multiple of kRows (padding rows are zero)
+  int Mp;      // G*J rounded up to a multiple of kRows (FMA) or 16 (MMA); padding rows are zero
   int chunk;   // batch rows of h held in shared memory at once (multiple of kBatch)
   int blocks;  // ceil(H / J)
+  int ldw;     // row stride of w_s in elements: H (FMA) or H + 8 (MMA)
+  int ldh;     // row stride of h_s in elements: H (FMA) or H + 8 (MMA)
+  int ks;      // K splits of the MMA matvec (1 for FMA): partial sums in pre_s[0 .. ks-1]
+  int kper;    // 16-wide K steps per split (MMA)
 };
 
 template <Cell C>
@@ -95,25 +100,143 @@ __device__ __forceinline__ void warp_reduce_32(float (&v)[32], int lane) {
   reduce_stage<1>(v, lane);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core matvec (fp16 / bf16 only): mma.sync m16n8k16, A = 16 rows of the W_hh slice,
+// B = 8 batch rows of h (rounded to T, as cuDNN does), fp32 accumulators. Fragment layouts are
+// those of the PTX ISA for mma.m16n8k16 with .f16 / .bf16 operands: with g = lane / 4 and
+// q = lane % 4, A regs hold (row g | g+8, cols 2q, 2q+1 | +8), B regs hold (k = 2q, 2q+1 | +8,
+// n = g), C holds (row g | g+8, cols 2q, 2q+1).
+// ---------------------------------------------------------------------------------------------
+template <class T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t (&a)[4],
+                                                  uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4],
+                                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <class T>
+__device__ __forceinline__ uint32_t ld_pair(const T* p) {  // two consecutive 16-bit values
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// Four floats stored as T (h_s of the tensor-core variant; 8-byte aligned).
+__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void store4(__half* p, float4 v) {
+  __half2 a = __floats2half2_rn(v.x, v.y), b = __floats2half2_rn(v.z, v.w);
+  *reinterpret_cast<uint2*>(p) =
+      make_uint2(*reinterpret_cast<uint32_t*>(&a), *reinterpret_cast<uint32_t*>(&b));
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
+  __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+  *reinterpret_cast<uint2*>(p) =
+      make_uint2(*reinterpret_cast<uint32_t*>(&a), *reinterpret_cast<uint32_t*>(&b));
+}
+
 // Shared-memory layout, in this order (each part 16-byte aligned):
-//   w_s   (Mp, H) T      rows g*J + jj = W_hh[g*H + j0 + jj, :]; zero rows beyond the block's units
-//   h_s   (chunk, H) float   a chunk of batch rows of h_{t-1}
-//   pre_s (Mp, chunk) float  W_hh h^T of the chunk
-//   c_s   (J, B) float       LSTM cell state of the owned units (absent for GRU)
+//   w_s   (Mp, ldw) T      rows g*J + jj = W_hh[g*H + j0 + jj, :H]; zero rows beyond the
+//                          block's units; columns H..ldw-1 are padding (never read)
+//   h_s   (chunk, ldh) HS  a chunk of batch rows of h_{t-1}; HS = float (FMA variant) or T
+//   pre_s (ks, Mp, chunk) float  W_hh h^T of the chunk, one partial sum per K split
+//   c_s   (J, B) float     LSTM cell state of the owned units (absent for GRU)
+// The tensor-core variant pads rows by 8 elements (16 bytes) so the 8 rows one fragment load
+// touches fall in different banks.
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
-template <class T, Cell C>
-__host__ __device__ inline size_t smem_bytes(const Plan& pl, int B, int H) {
-  size_t n = align16(sizeof(T) * pl.Mp * H);
-  n += align16(sizeof(float) * pl.chunk * H);
-  n += align16(sizeof(float) * pl.Mp * pl.chunk);
+template <class T, Cell C, bool kMma>
+__host__ __device__ inline size_t smem_bytes(const Plan& pl, int B) {
+  using HS = typename std::conditional<kMma, T, float>::type;
+  size_t n = align16(sizeof(T) * pl.Mp * pl.ldw);
+  n += align16(sizeof(HS) * pl.chunk * pl.ldh);
+  n += align16(sizeof(float) * pl.ks * pl.Mp * pl.chunk);
   if (C == Cell::kLstm) n += align16(sizeof(float) * pl.J * B);
   return n;
 }
 
-template <class T, Cell C>
+// pre_s = W_slice h_chunk^T on CUDA cores: one (4-row, 8-batch) tile per warp at a time, lanes
+// splitting H in float4 pieces, then the 31-shuffle reduction.
+template <class T>
+__device__ __forceinline__ void matvec_fma(const T* w_s, const float* h_s, float* pre_s,
+                                           const Plan& pl, int H, int ntile, int warp,
+                                           int lane) {
+  const int rgroups = pl.Mp / kRows;
+  for (int item = warp; item < rgroups * ntile; item += kWarps) {
+    const int rg = item % rgroups, tb = item / rgroups;
+    float acc[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+    for (int k = lane * 4; k < H; k += 128) {
+      float4 w[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) w[r] = load4(w_s + (rg * kRows + r) * pl.ldw + k);
+#pragma unroll
+      for (int bb = 0; bb < kBatch; ++bb) {
+        const float4 h = *reinterpret_cast<const float4*>(h_s + (tb * kBatch + bb) * pl.ldh + k);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+          float a = acc[r * kBatch + bb];
+          a = fmaf(w[r].x, h.x, a);
+          a = fmaf(w[r].y, h.y, a);
+          a = fmaf(w[r].z, h.z, a);
+          a = fmaf(w[r].w, h.w, a);
+          acc[r * kBatch + bb] = a;
+        }
+      }
+    }
+    warp_reduce_32(acc, lane);
+    // After the reduction lane = r * kBatch + bb.
+    pre_s[(rg * kRows + lane / kBatch) * pl.chunk + tb * kBatch + lane % kBatch] = acc[0];
+  }
+}
+
+// pre_s[s] = W_slice h_chunk^T over K split s, on tensor cores: work items are
+// (16-row tile, 8-batch tile, K split); each writes its 16x8 fp32 tile to its split's slice.
+template <class T>
+__device__ __forceinline__ void matvec_mma(const T* w_s, const T* h_s, float* pre_s,
+                                           const Plan& pl, int H, int ntile, int warp,
+                                           int lane) {
+  const int tiles_m = pl.Mp / 16, ksteps = H / 16;
+  const int g = lane >> 2, q = lane & 3;
+  for (int item = warp; item < tiles_m * ntile * pl.ks; item += kWarps) {
+    const int s = item % pl.ks, tile = item / pl.ks;
+    const int tm = tile % tiles_m, tn = tile / tiles_m;
+    const int kb = s * pl.kper, ke = min(ksteps, kb + pl.kper);
+    const T* wa = w_s + (tm * 16 + g) * pl.ldw + 2 * q;
+    const T* hb = h_s + (tn * 8 + g) * pl.ldh + 2 * q;
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int kk = kb; kk < ke; ++kk) {
+      const int k0 = kk * 16;
+      const uint32_t a[4] = {ld_pair(wa + k0), ld_pair(wa + 8 * pl.ldw + k0),
+                             ld_pair(wa + k0 + 8), ld_pair(wa + 8 * pl.ldw + k0 + 8)};
+      mma_16816<T>(c, a, ld_pair(hb + k0), ld_pair(hb + k0 + 8));
+    }
+    float* part = pre_s + static_cast<size_t>(s) * pl.Mp * pl.chunk;
+    const int row = tm * 16 + g, col = tn * 8 + 2 * q;
+    part[row * pl.chunk + col] = c[0];
+    part[row * pl.chunk + col + 1] = c[1];
+    part[(row + 8) * pl.chunk + col] = c[2];
+    part[(row + 8) * pl.chunk + col + 1] = c[3];
+  }
+}
+
+template <class T, Cell C, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const PersistentFwd p,
                                                                       const Plan pl) {
+  using HS = typename std::conditional<kMma, T, float>::type;
   constexpr int G = gates_of<C>();
   const int B = p.B, H = p.H, J = pl.J, Mp = pl.Mp, CH = pl.chunk;
   const int j0 = blockIdx.x * J;
@@ -122,26 +245,27 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const Persi
 
   extern __shared__ __align__(16) unsigned char smem[];
   T* w_s = reinterpret_cast<T*>(smem);
-  float* h_s = reinterpret_cast<float*>(smem + align16(sizeof(T) * Mp * H));
-  float* pre_s = h_s + align16(sizeof(float) * CH * H) / sizeof(float);
-  float* c_s = pre_s + align16(sizeof(float) * Mp * CH) / sizeof(float);
+  HS* h_s = reinterpret_cast<HS*>(smem + align16(sizeof(T) * Mp * pl.ldw));
+  float* pre_s = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(h_s) +
+                                          align16(sizeof(HS) * CH * pl.ldh));
+  float* c_s = pre_s + align16(sizeof(float) * pl.ks * Mp * CH) / sizeof(float);
 
   // Weights: once for the whole sequence.
   const T* w_hh = static_cast<const T*>(p.w_hh);
   for (int64_t e = tid; e < static_cast<int64_t>(Mp) * H; e += kThreads) {
     const int r = static_cast<int>(e / H), k = static_cast<int>(e % H);
     const int g = r / J, jj = r % J;
-    w_s[e] = (g < G && jj < nj) ? w_hh[(static_cast<int64_t>(g) * H + j0 + jj) * H + k]
-                                : from_acc<T>(0.0f);
+    w_s[r * pl.ldw + k] = (g < G && jj < nj)
+                              ? w_hh[(static_cast<int64_t>(g) * H + j0 + jj) * H + k]
+                              : from_acc<T>(0.0f);
   }
   // Initial state of the owned units: h0 -> hbuf[0] (float), c0 -> c_s.
   const T* h0 = static_cast<const T*>(p.h0);
   for (int e = tid; e < nj * B; e += kThreads) {
     const int jj = e % nj, b = e / nj;
-    p.hbuf[static_cast<int64_t>(b) * H + j0 + jj] = to_acc(h0[static_cast<int64_t>(b) * H + j0 + jj]);
-    if constexpr (C == Cell::kLstm) {
-      c_s[jj * B + b] = to_acc(static_cast<const T*>(p.c0)[static_cast<int64_t>(b) * H + j0 + jj]);
-    }
+    const int64_t s = static_cast<int64_t>(b) * H + j0 + jj;
+    p.hbuf[s] = to_acc(h0[s]);
+    if constexpr (C == Cell::kLstm) c_s[jj * B + b] = to_acc(static_cast<const T*>(p.c0)[s]);
   }
   cg::grid_group grid = cg::this_grid();
   grid.sync();
@@ -153,64 +277,54 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const Persi
     float* nxt = p.hbuf + static_cast<int64_t>((t + 1) & 1) * B * H;
     for (int b0 = 0; b0 < B; b0 += CH) {
       const int nb = min(CH, B - b0);
+      const int ntile = (nb + kBatch - 1) / kBatch;
       // 1. h_{t-1} rows b0 .. b0+nb-1 (zero rows pad the last 8-row tile). __ldcg: read from L2,
       // never from this SM's L1, which may hold the same buffer from two steps ago.
-      const int ntile = (nb + kBatch - 1) / kBatch;
       for (int e = tid; e < ntile * kBatch * (H / 4); e += kThreads) {
         const int bb = e / (H / 4), k = (e % (H / 4)) * 4;
         float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (bb < nb) v = __ldcg(reinterpret_cast<const float4*>(cur + static_cast<int64_t>(b0 + bb) * H + k));
-        *reinterpret_cast<float4*>(h_s + bb * H + k) = v;
+        if (bb < nb) {
+          v = __ldcg(reinterpret_cast<const float4*>(cur + static_cast<int64_t>(b0 + bb) * H + k));
+        }
+        store4(h_s + bb * pl.ldh + k, v);
       }
       __syncthreads();
-      // 2. pre_s = W_slice h_chunk^T, one (4-row, 8-batch) tile per warp at a time.
-      const int rgroups = Mp / kRows;
-      for (int item = warp; item < rgroups * ntile; item += kWarps) {
-        const int rg = item % rgroups, tb = item / rgroups;
-        float acc[32];
-#pragma unroll
-        for (int i = 0; i < 32; ++i) acc[i] = 0.f;
-        for (int k = lane * 4; k < H; k += 128) {
-          float4 w[kRows];
-#pragma unroll
-          for (int r = 0; r < kRows; ++r) w[r] = load4(w_s + (rg * kRows + r) * H + k);
-#pragma unroll
-          for (int bb = 0; bb < kBatch; ++bb) {
-            const float4 h = *reinterpret_cast<const float4*>(h_s + (tb * kBatch + bb) * H + k);
-#pragma unroll
-            for (int r = 0; r < kRows; ++r) {
-              float a = acc[r * kBatch + bb];
-              a = fmaf(w[r].x, h.x, a);
-              a = fmaf(w[r].y, h.y, a);
-              a = fmaf(w[r].z, h.z, a);
-              a = fmaf(w[r].w, h.w, a);
-              acc[r * kBatch + bb] = a;
-            }
-          }
-        }
-        warp_reduce_32(acc, lane);
-        // lane = r * kBatch + bb
-        pre_s[(rg * kRows + lane / kBatch) * CH + tb * kBatch + lane % kBatch] = acc[0];
+      // 2. Recurrent matvec of the chunk.
+      if constexpr (kMma) {
+        matvec_mma<T>(w_s, h_s, pre_s, pl, H, ntile, warp, lane);
+      } else {
+        matvec_fma<T>(w_s, h_s, pre_s, pl, H, ntile, warp, lane);
       }
       __syncthreads();
       // 3. Gate math for the owned units of this batch chunk.
       for (int e = tid; e < nj * nb; e += kThreads) {
         const int jj = e % nj, bl = e / nj;
         const int b = b0 + bl, j = j0 + jj;
-        const int64_t s = static_cast<int64_t>(b) * H + j;                 // (B, H)
-        const int64_t ts = static_cast<int64_t>(t) * B * H + s;            // (T, B, H)
-        const int64_t tg = (static_cast<int64_t>(t) * B + b) * GH + j;     // (T, B, G*H), gate 0
-        const float h_prev = h_s[bl * H + j];
+        const int64_t s = static_cast<int64_t>(b) * H + j;              // (B, H)
+        const int64_t ts = static_cast<int64_t>(t) * B * H + s;         // (T, B, H)
+        const int64_t tg = (static_cast<int64_t>(t) * B + b) * GH + j;  // (T, B, G*H), gate 0
+        // The fp32 h_{t-1}: h_s holds it rounded to T in the tensor-core variant.
+        float h_prev;
+        if constexpr (kMma) {
+          h_prev = __ldcg(cur + s);
+        } else {
+          h_prev = h_s[bl * pl.ldh + j];
+        }
+        float wh[G];  // (W_hh h_{t-1})[gate rows of unit j], summed over the K splits
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          wh[g] = 0.f;
+          for (int k = 0; k < pl.ks; ++k) wh[g] += pre_s[(k * Mp + g * J + jj) * CH + bl];
+        }
         const bool valid = p.lengths == nullptr || static_cast<int64_t>(t) < p.lengths[b];
         float h_new = h_prev;
         if (valid) {
           if constexpr (C == Cell::kLstm) {
-            float pg[4];
-#pragma unroll
-            for (int g = 0; g < 4; ++g) pg[g] = __ldg(p.xp + tg + g * H) + pre_s[(g * J + jj) * CH + bl];
             LstmGates<float> gt;
             float c;
-            lstm_unit_fwd(pg[0], pg[1], pg[2], pg[3], c_s[jj * B + b], gt, c, h_new);
+            lstm_unit_fwd(__ldg(p.xp + tg) + wh[0], __ldg(p.xp + tg + H) + wh[1],
+                          __ldg(p.xp + tg + 2 * H) + wh[2], __ldg(p.xp + tg + 3 * H) + wh[3],
+                          c_s[jj * B + b], gt, c, h_new);
             c_s[jj * B + b] = c;
             if (p.gates != nullptr) {
               p.gates[tg] = gt.i;
@@ -220,19 +334,18 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const Persi
               p.saved2[ts] = c;
             }
           } else {
-            float hh[3];
+            if (p.b_hh != nullptr) {
 #pragma unroll
-            for (int g = 0; g < 3; ++g) {
-              hh[g] = pre_s[(g * J + jj) * CH + bl] + (p.b_hh != nullptr ? p.b_hh[g * H + j] : 0.f);
+              for (int g = 0; g < 3; ++g) wh[g] += p.b_hh[g * H + j];
             }
             GruGates<float> gt;
-            gru_unit_fwd(__ldg(p.xp + tg), __ldg(p.xp + tg + H), __ldg(p.xp + tg + 2 * H), hh[0],
-                         hh[1], hh[2], h_prev, gt, h_new);
+            gru_unit_fwd(__ldg(p.xp + tg), __ldg(p.xp + tg + H), __ldg(p.xp + tg + 2 * H), wh[0],
+                         wh[1], wh[2], h_prev, gt, h_new);
             if (p.gates != nullptr) {
               p.gates[tg] = gt.r;
               p.gates[tg + H] = gt.z;
               p.gates[tg + 2 * H] = gt.n;
-              p.saved2[ts] = hh[2];
+              p.saved2[ts] = wh[2];
             }
           }
           y[ts] = from_acc<T>(h_new);
@@ -259,10 +372,40 @@ std::string cuda_error(const char* what, cudaError_t e) {
   return std::string(what) + ": " + cudaGetErrorString(e);
 }
 
-template <class T, Cell C>
-LaunchResult launch_typed(const PersistentFwd& p, int device, cudaStream_t stream) {
+// Launch geometry for one variant; false (and why) when it does not fit in shared memory.
+template <class T, Cell C, bool kMma>
+bool plan(const PersistentFwd& p, int sms, int smem_optin, Plan& pl, size_t& smem,
+          std::string& why) {
   constexpr int G = gates_of<C>();
-  auto kernel = persistent_fwd_kernel<T, C>;
+  const int mult = kMma ? 16 : kRows;
+  pl = Plan{};
+  // One block per SM: the fewest units per block that spread H over all SMs.
+  pl.J = (p.H + sms - 1) / sms;
+  pl.blocks = (p.H + pl.J - 1) / pl.J;
+  pl.Mp = (G * pl.J + mult - 1) / mult * mult;
+  pl.ldw = pl.ldh = kMma ? p.H + 8 : p.H;
+  // As many 8-row batch tiles of h as fit next to the weights.
+  for (pl.chunk = (p.B + kBatch - 1) / kBatch * kBatch; pl.chunk >= kBatch; pl.chunk -= kBatch) {
+    if (kMma) {
+      // Split K so that every warp has a tile to work on when there are fewer tiles than warps.
+      const int tiles = (pl.Mp / 16) * (pl.chunk / kBatch);
+      pl.ks = std::max(1, std::min(kWarps / tiles, p.H / 16));
+      pl.kper = (p.H / 16 + pl.ks - 1) / pl.ks;
+    } else {
+      pl.ks = 1;
+      pl.kper = 0;
+    }
+    smem = smem_bytes<T, C, kMma>(pl, p.B);
+    if (smem <= static_cast<size_t>(smem_optin)) return true;
+  }
+  why = "the W_hh slice and 8 rows of h need " + std::to_string(smem) +
+        " bytes of shared memory per block, the device has " + std::to_string(smem_optin);
+  return false;
+}
+
+template <class T, Cell C, bool kMma>
+LaunchResult launch_variant(const PersistentFwd& p, int device, cudaStream_t stream) {
+  auto kernel = persistent_fwd_kernel<T, C, kMma>;
   int sms = 0, smem_optin = 0, coop = 0;
   cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e == cudaSuccess)
@@ -271,22 +414,10 @@ LaunchResult launch_typed(const PersistentFwd& p, int device, cudaStream_t strea
   if (e != cudaSuccess) return {Status::kError, cuda_error("cudaDeviceGetAttribute", e)};
   if (!coop) return {Status::kNotApplicable, "the device does not support cooperative launch"};
 
-  // One block per SM: the fewest units per block that spread H over all SMs.
-  Plan pl{};
-  pl.J = (p.H + sms - 1) / sms;
-  pl.blocks = (p.H + pl.J - 1) / pl.J;
-  pl.Mp = (G * pl.J + kRows - 1) / kRows * kRows;
-  // As many 8-row batch tiles of h as fit next to the weights.
-  const int b_pad = (p.B + kBatch - 1) / kBatch * kBatch;
-  pl.chunk = b_pad;
-  while (pl.chunk > kBatch && smem_bytes<T, C>(pl, p.B, p.H) > static_cast<size_t>(smem_optin))
-    pl.chunk -= kBatch;
-  const size_t smem = smem_bytes<T, C>(pl, p.B, p.H);
-  if (smem > static_cast<size_t>(smem_optin)) {
-    return {Status::kNotApplicable, "W_hh slice needs " + std::to_string(smem) +
-                                        " bytes of shared memory per block, the device has " +
-                                        std::to_string(smem_optin)};
-  }
+  Plan pl;
+  size_t smem = 0;
+  std::string why;
+  if (!plan<T, C, kMma>(p, sms, smem_optin, pl, smem, why)) return {Status::kNotApplicable, why};
   e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                            static_cast<int>(smem));
   if (e != cudaSuccess) return {Status::kError, cuda_error("cudaFuncSetAttribute", e)};
@@ -310,13 +441,17 @@ LaunchResult launch_typed(const PersistentFwd& p, int device, cudaStream_t strea
 
 template <Cell C>
 LaunchResult launch_cell(const PersistentFwd& p, int device, cudaStream_t stream) {
+  // Tensor cores only for 16-bit io, when asked for and H is a whole number of 16-wide K steps.
+  const bool mma = p.tensor_cores && p.H % 16 == 0;
   switch (p.io) {
     case DType::kF32:
-      return launch_typed<float, C>(p, device, stream);
+      return launch_variant<float, C, false>(p, device, stream);
     case DType::kF16:
-      return launch_typed<__half, C>(p, device, stream);
+      return mma ? launch_variant<__half, C, true>(p, device, stream)
+                 : launch_variant<__half, C, false>(p, device, stream);
     case DType::kBF16:
-      return launch_typed<__nv_bfloat16, C>(p, device, stream);
+      return mma ? launch_variant<__nv_bfloat16, C, true>(p, device, stream)
+                 : launch_variant<__nv_bfloat16, C, false>(p, device, stream);
     default:
       return {Status::kNotApplicable, "no persistent kernel for this dtype"};
   }
