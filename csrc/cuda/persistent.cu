@@ -2,7 +2,7 @@
 // Torch-free: compiles with nvcc alone. Shapes and aliasing of the arguments: launchers.h.
 //
 // Legend: T steps, B batch, H hidden, G gates (4 LSTM i,f,g,o; 3 GRU r,z,n), J hidden units
-// owned by one block, M = G*J rows of W_hh owned by one block (padded to Mp, a multiple of 4).
+// owned by one block, M = G*J rows of W_hh owned by one block (padded to Mp).
 //
 // Work split. Block k owns hidden units j0 = k*J ... j0+J-1 (the last block may own fewer) and
 // the G*J rows of W_hh that produce their gates; those rows are copied to shared memory once and
@@ -10,11 +10,16 @@
 // memory. Per step t:
 //   1. load h_{t-1} (B, H) float from `hbuf` (global, L2) into shared memory, a chunk of batch
 //      rows at a time when all of B does not fit;
-//   2. recurrent matvec: each warp computes a 4-row x 8-batch tile of W_hh h^T, lanes splitting
-//      the H axis in float4 pieces; the 32 partial sums are reduced with 31 shuffles (recursive
-//      halving: lane L ends up with the total of tile element L);
+//   2. recurrent matvec W_slice h^T, in one of two variants (template kMma):
+//      - CUDA cores (all dtypes): each warp computes a 4-row x 8-batch tile, lanes splitting the
+//        H axis in float4 pieces; the 32 partial sums are reduced with 31 shuffles (recursive
+//        halving: lane L ends up with the total of tile element L); h stays fp32;
+//      - tensor cores (fp16 / bf16, H % 16 == 0, FUSED_RNN_CUDA_MMA=1): mma.sync m16n8k16 tiles
+//        of 16 rows x 8 batch, h rounded to the io dtype in shared memory (as cuDNN does), fp32
+//        accumulation; K is split over warps when there are fewer tiles than warps, and the
+//        partial sums are added in a fixed order (deterministic);
 //   3. pointwise gate math (cell_math.cuh) for the owned units, writing y[t], the saved
-//      activations and h_t into the other half of the double-buffered `hbuf`;
+//      activations and h_t (fp32) into the other half of the double-buffered `hbuf`;
 //   4. grid-wide barrier (cooperative groups): h_t is complete before anyone reads it.
 // hbuf is double-buffered so a block that passed the barrier of step t may write h_{t+1}
 // while no block can still be reading h_{t-1} (that read finished before the barrier).
