@@ -46,6 +46,13 @@ run_step() {
 }
 
 left() { echo $((TOTAL_S - ($(date +%s) - START))); }
+# cap N: N seconds, or the time left if less, but at least 5 (timeout 0 would mean no limit).
+cap() {
+  local l
+  l=$(left)
+  [ "$l" -lt 5 ] && l=5
+  echo $(($1 < l ? $1 : l))
+}
 
 export PY
 run_step env 60 bash -c 'nvidia-smi -L; nvidia-smi; nvcc --version; "$PY" -' <<'EOF'
@@ -63,12 +70,12 @@ nvidia-smi -L >"$OUT_DIR/nvidia-smi-L.txt" 2>&1
 
 run_step build 300 "$PY" -m pip install --no-deps --no-build-isolation -v -e .
 
-run_step pytest_gpu "$(( $(left) > 200 ? 200 : $(left) ))" \
+run_step pytest_gpu "$(cap 180)" \
   "$PY" -m pytest -m gpu -q -rs --junitxml="$OUT_DIR/junit_gpu.xml" tests
 
 # Persistent vs general path vs cuDNN, at the TARGETS.md shapes. Forward is timed with
 # need_saved=False (inference); fwd+bwd = forward with need_saved=True + the backward op.
-run_step cuda_paths "$(( $(left) > 150 ? 150 : $(left) ))" "$PY" - "$OUT_DIR/cuda_paths.csv" <<'EOF'
+run_step cuda_paths "$(cap 90)" "$PY" - "$OUT_DIR/cuda_paths.csv" <<'EOF'
 import csv, os, sys, torch
 import fused_rnn._C  # noqa: F401 - registers torch.ops.fused_rnn
 ops = torch.ops.fused_rnn
@@ -139,7 +146,7 @@ with open(sys.argv[1], "w", newline="") as fh:
 EOF
 
 if [ -f benchmarks/run.py ]; then
-  budget=$(( $(left) - 40 ))
+  budget=$(( $(left) - 50 ))
   if [ "$budget" -ge 30 ]; then
     run_step bench $((budget + 30)) "$PY" -m benchmarks.run --device cuda --full \
       --budget-s "$budget" --out "$OUT_DIR/bench"
