@@ -1,0 +1,221 @@
+"""Run one case over every provider: check first, then time, then rows for the report.
+
+For each provider: skip (with the reason) if it cannot run the case here; otherwise build it
+from torch's module, check one inference call and one training call (forward + backward)
+against the float64 :class:`~benchmarks.check.Oracle`; a provider that fails is reported
+``WRONG`` and is not timed. Passing providers are timed in two loops: inference (no_grad
+forward) and training (forward, then backward with fixed upstream gradients), which yields the
+four modes ``infer``, ``train_fwd``, ``bwd`` and ``fwd_bwd``.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from .cases import Case
+from .check import Inputs, Oracle, call_once, make_inputs, make_torch_module, state_of
+from .providers import Built, Provider
+from .timing import Clock, Stats, TimingConfig, measure, peak_memory_mb
+
+MODES = ("infer", "train_fwd", "bwd", "fwd_bwd")
+
+
+@dataclass
+class Result:
+    """One provider on one case in one mode. ``status``: ok | WRONG | skip | error."""
+
+    case: Case
+    provider: str
+    mode: str
+    status: str
+    T: int  # the padded length actually run
+    lengths_source: str = ""
+    mean_len: float | None = None
+    stats: Stats | None = None
+    speedup: float | None = None  # torch's median / this median (same case and mode)
+    peak_mb: float | None = None
+    detail: str = ""  # the check verdict, the skip reason or the error
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def us_per_step(self) -> float | None:
+        return None if self.stats is None else self.stats.median_ms * 1e3 / self.T
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0][:200] if msg else ''}"
+
+
+class _Steps:
+    """The two timed steps of one built provider, with inputs prepared once (untimed)."""
+
+    def __init__(self, case: Case, built: Built, inputs: Inputs):
+        self.fn, self.params = built.fn, list(built.params.values())
+        x = inputs.x
+        self.hx_eval = state_of(inputs.h0, inputs.c0)
+        self.inp_eval = x
+        self.grads = [inputs.gy, inputs.ghn] + ([inputs.gcn] if inputs.gcn is not None else [])
+        if case.varlen == "packed":
+            packed = pack_padded_sequence(x, inputs.lengths, enforce_sorted=False)
+            self.inp_eval = packed
+            data = packed.data.detach().clone().requires_grad_()
+            self.inp_train = PackedSequence(
+                data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+            )
+            self.leaves = [data]
+            self.grads[0] = pack_padded_sequence(
+                inputs.gy, inputs.lengths, enforce_sorted=False
+            ).data
+        else:
+            self.inp_train = x.detach().clone().requires_grad_()
+            self.leaves = [self.inp_train]
+        h0 = inputs.h0.detach().clone().requires_grad_()
+        c0 = None if inputs.c0 is None else inputs.c0.detach().clone().requires_grad_()
+        self.leaves += [t for t in (h0, c0) if t is not None]
+        self.hx_train = state_of(h0, c0)
+
+    def infer(self, clock: Clock) -> list:
+        with torch.no_grad():
+            m0 = clock.mark()
+            self.fn(self.inp_eval, self.hx_eval)
+            return [m0, clock.mark()]
+
+    def train(self, clock: Clock) -> list:
+        for t in self.leaves + self.params:
+            t.grad = None
+        m0 = clock.mark()
+        out, hn = self.fn(self.inp_train, self.hx_train)
+        m1 = clock.mark()
+        y = out.data if isinstance(out, PackedSequence) else out
+        outs = [y, *hn] if isinstance(hn, tuple) else [y, hn]
+        torch.autograd.backward(outs, self.grads)
+        return [m0, m1, clock.mark()]
+
+
+def run_case(
+    case: Case,
+    providers: list[Provider],
+    device: str,
+    cfg: TimingConfig,
+    seed: int = 0,
+    data_dir=None,
+    log=print,
+) -> list[Result]:
+    """Check and time every provider on ``case``; returns one Result per provider and mode."""
+    torch_module = make_torch_module(case, device, seed)
+    inputs = make_inputs(case, device, seed, data_dir)
+    T = inputs.x.shape[0]
+    mean_len = float(inputs.lengths.double().mean()) if inputs.lengths is not None else None
+    oracle = Oracle(case, torch_module, inputs)
+    clock = Clock(device)
+    results: list[Result] = []
+
+    def emit(provider, status, detail, stats=(None,) * 4, peaks=(None, None), extra=None):
+        for mode, st in zip(MODES, stats):
+            peak = peaks[0] if mode == "infer" else peaks[1]
+            results.append(
+                Result(
+                    case,
+                    provider,
+                    mode,
+                    status,
+                    T,
+                    inputs.lengths_source,
+                    mean_len,
+                    st,
+                    None,
+                    peak,
+                    detail,
+                    extra or {},
+                )
+            )
+
+    for prov in providers:
+        if not case.wants(prov.name):
+            continue
+        why = prov.skip_reason(case, device)
+        if why is not None:
+            emit(prov.name, "skip", why)
+            continue
+        try:
+            built = prov.build(torch_module, case)
+            verdicts = [
+                oracle.verdict(
+                    call_once(case, built.fn, built.params, inputs, t), t, built.param_grads
+                )
+                for t in (False, True)
+            ]
+        except Exception as e:  # noqa: BLE001 - any failure is reported, not raised
+            status = "skip" if type(e).__name__ == "BackendUnavailableError" else "error"
+            emit(prov.name, status, _short(e))
+            if status == "error":
+                log(f"  {prov.name}: {traceback.format_exc(limit=-3)}")
+            continue
+        bad = [v for v in verdicts if not v.ok]
+        detail = "; ".join(
+            f"{'train' if i else 'infer'} {v.describe()}" for i, v in enumerate(verdicts)
+        )
+        if bad:
+            emit(prov.name, "WRONG", detail)
+            continue
+        try:
+            steps = _Steps(case, built, inputs)
+            (infer,) = measure(steps.infer, clock, cfg)
+            train_fwd, bwd, fwd_bwd = measure(steps.train, clock, cfg, ((0, 1), (1, 2), (0, 2)))
+            peaks = (
+                peak_memory_mb(lambda s=steps: s.infer(clock), device),
+                peak_memory_mb(lambda s=steps: s.train(clock), device),
+            )
+        except Exception as e:  # noqa: BLE001
+            emit(prov.name, "error", _short(e))
+            log(f"  {prov.name}: {traceback.format_exc(limit=-3)}")
+            continue
+        emit(
+            prov.name,
+            "ok",
+            detail + (f"; {built.note}" if built.note else ""),
+            (infer, train_fwd, bwd, fwd_bwd),
+            peaks,
+        )
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    base = {r.mode: r.stats.median_ms for r in results if r.provider == "torch" and r.stats}
+    for r in results:
+        if r.stats is not None and r.mode in base:
+            r.speedup = base[r.mode] / r.stats.median_ms
+    return results
+
+
+def run_grid(
+    cases: list[Case],
+    providers: list[Provider],
+    device: str,
+    cfg: TimingConfig,
+    seed: int = 0,
+    data_dir=None,
+    budget_s: float | None = None,
+    log=print,
+) -> tuple[list[Result], list[Case]]:
+    """Run ``cases`` in order until ``budget_s`` runs out; returns (results, cases not run)."""
+    start = time.monotonic()
+    results, left = [], []
+    for i, case in enumerate(cases):
+        if budget_s is not None and time.monotonic() - start > budget_s:
+            left = cases[i:]
+            log(f"budget of {budget_s:.0f}s spent: {len(left)} case(s) not run")
+            break
+        t0 = time.monotonic()
+        rs = run_case(case, providers, device, cfg, seed, data_dir, log)
+        results += rs
+        log(
+            f"[{i + 1}/{len(cases)}] {case.id}: {time.monotonic() - t0:.1f}s  "
+            + "  ".join(f"{r.provider}={r.status}" for r in rs if r.mode == "fwd_bwd")
+        )
+    return results, left
