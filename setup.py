@@ -46,8 +46,9 @@ def _extensions():
     import torch
     from torch.utils import cpp_extension
 
-    # No -ffast-math: NaN and inf must propagate as in torch.
-    cxx = ["-O3", "-g0", "-DPy_LIMITED_API=0x03090000", *_cpu_isa_flags()]
+    # No -ffast-math: NaN and inf must propagate as in torch. (py_limited_api=True below makes
+    # torch's build define Py_LIMITED_API.)
+    cxx = ["-O3", "-g0", *_cpu_isa_flags()]
     sources = ["csrc/ops.cpp", *_sources("csrc/cpu/*.cpp")]
     home = cpp_extension.CUDA_HOME
     nvcc = shutil.which("nvcc") or (home and shutil.which(os.path.join(home, "bin", "nvcc")))

@@ -17,6 +17,7 @@
 
 #include "../fused_rnn.h"
 #include "cpu_common.h"
+#include "step_gemm.h"
 
 namespace fused_rnn::cpu {
 namespace {
@@ -45,10 +46,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd_kernel(
   }
   Tensor y = at::empty({T, B, H}, x.options());
   Tensor h = h0.clone();
-  Tensor gh = at::empty({B, G}, x.options());  // h_{t-1} W_hh^T + b_hh of the current step
+  Tensor gh = at::empty({B, G}, x.options());  // h_{t-1} W_hh^T of the current step (no bias)
   Tensor ghn = need_saved ? at::empty({T, B, H}, x.options()) : x.new_empty({0});
 
-  const Tensor w_hh_t = w_hh.t();
+  const StepGemm<scalar_t> recurrent(w_hh, /*transpose=*/true, B);  // h W_hh^T
+  const scalar_t* bhp = b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr;
   scalar_t* gp = gates.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
   scalar_t* hp = h.data_ptr<scalar_t>();
@@ -56,11 +58,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd_kernel(
   scalar_t* ghnp = need_saved ? ghn.data_ptr<scalar_t>() : nullptr;
 
   for (int64_t t = 0; t < T; ++t) {
-    if (b_hh.defined()) {
-      at::addmm_out(gh, b_hh, h, w_hh_t);
-    } else {
-      at::mm_out(gh, h, w_hh_t);
-    }
+    recurrent.run(h, gh, /*accumulate=*/false);
     for_each_row(B, G, [&](int64_t b) {
       scalar_t* g = gp + (t * B + b) * G;
       scalar_t* yr = yp + (t * B + b) * H;
@@ -75,10 +73,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd_kernel(
         }
         return;
       }
+      // gh + b_hh for the gate block starting at column `off`.
+      auto gh_at = [&](int64_t off, int64_t n) {
+        const Vec v = Vec::loadu(ghr + off, n);
+        return bhp ? v + Vec::loadu(bhp + off, n) : v;
+      };
       for_each_vec<scalar_t>(H, [&](int64_t j, int64_t n) {
-        const Vec r = vsigmoid(Vec::loadu(g + j, n) + Vec::loadu(ghr + j, n));
-        const Vec z = vsigmoid(Vec::loadu(g + H + j, n) + Vec::loadu(ghr + H + j, n));
-        const Vec ghn_v = Vec::loadu(ghr + 2 * H + j, n);
+        const Vec r = vsigmoid(Vec::loadu(g + j, n) + gh_at(j, n));
+        const Vec z = vsigmoid(Vec::loadu(g + H + j, n) + gh_at(H + j, n));
+        const Vec ghn_v = gh_at(2 * H + j, n);
         const Vec nn = (Vec::loadu(g + 2 * H + j, n) + r * ghn_v).tanh();
         const Vec hn = nn + z * (Vec::loadu(hr + j, n) - nn);  // (1 - z) n + z h_prev
         hn.store(hr + j, n);
@@ -114,6 +117,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
   // rows keep theirs.
   Tensor dh = dhn.clone();
   const std::vector<Tensor> dgh_steps = dgh.unbind(0);
+  const StepGemm<scalar_t> recurrent(w_hh, /*transpose=*/false, B);  // dgh[t] W_hh
   scalar_t* dgip = dgi.data_ptr<scalar_t>();
   scalar_t* dghp = dgh.data_ptr<scalar_t>();
   scalar_t* dhp = dh.data_ptr<scalar_t>();
@@ -155,7 +159,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
         (dht * z).store(dhr + j, n);
       });
     });
-    dh.addmm_(dgh_steps[t], w_hh);  // dh_{t-1} = z * dh_t + dgh[t] W_hh
+    recurrent.run(dgh_steps[t], dh, /*accumulate=*/true);  // dh_{t-1} = z dh_t + dgh[t] W_hh
   }
 
   const Tensor dgi2d = dgi.view({T * B, G});

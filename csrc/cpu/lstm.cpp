@@ -17,6 +17,7 @@
 
 #include "../fused_rnn.h"
 #include "cpu_common.h"
+#include "step_gemm.h"
 
 namespace fused_rnn::cpu {
 namespace {
@@ -51,7 +52,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd_kernel(
   Tensor cs = need_saved ? at::empty({T, B, H}, x.options()) : c0.clone();
 
   const std::vector<Tensor> g_steps = gates.unbind(0);  // views, made once
-  const Tensor w_hh_t = w_hh.t();
+  const StepGemm<scalar_t> recurrent(w_hh, /*transpose=*/true, B);  // h W_hh^T
   scalar_t* gp = gates.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
   scalar_t* hp = h.data_ptr<scalar_t>();
@@ -59,7 +60,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd_kernel(
   const scalar_t* c0p = c0.data_ptr<scalar_t>();
 
   for (int64_t t = 0; t < T; ++t) {
-    g_steps[t].addmm_(h, w_hh_t);
+    recurrent.run(h, g_steps[t], /*accumulate=*/true);
     const scalar_t* c_prev = !need_saved ? csp : (t == 0 ? c0p : csp + (t - 1) * B * H);
     scalar_t* c_out = need_saved ? csp + t * B * H : csp;
     for_each_row(B, G, [&](int64_t b) {
@@ -117,6 +118,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bwd_kernel(
   Tensor dh = dhn.clone();
   Tensor dc = dcn.clone();
   const std::vector<Tensor> dg_steps = dgates.unbind(0);
+  const StepGemm<scalar_t> recurrent(w_hh, /*transpose=*/false, B);  // dG[t] W_hh
   scalar_t* dgp = dgates.data_ptr<scalar_t>();
   scalar_t* dhp = dh.data_ptr<scalar_t>();
   scalar_t* dcp = dc.data_ptr<scalar_t>();
@@ -155,7 +157,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bwd_kernel(
         Vec(scalar_t(0)).store(dhr + j, n);
       });
     });
-    dh.addmm_(dg_steps[t], w_hh);  // dh_{t-1} += dG[t] W_hh
+    recurrent.run(dg_steps[t], dh, /*accumulate=*/true);  // dh_{t-1} += dG[t] W_hh
   }
 
   const Tensor dg2d = dgates.view({T * B, G});
