@@ -75,12 +75,13 @@ def make_inputs(case: Case, device: str, seed: int, data_dir=None) -> Inputs:
     if case.varlen:
         lengths, source = sample_lengths(case.B, case.T, seed, data_dir)
         T = int(lengths.max())
-    g = torch.Generator().manual_seed(seed + 1)
+    # Drawn on the device itself: the largest GPU cases hold ~2e8 elements per tensor.
+    g = torch.Generator(device=device).manual_seed(seed + 1)
     L = case.layers * (2 if case.bidirectional else 1)
     D = 2 if case.bidirectional else 1
 
     def randn(*shape):
-        return torch.randn(*shape, generator=g).to(device=device, dtype=case.torch_dtype)
+        return torch.randn(*shape, generator=g, device=device).to(case.torch_dtype)
 
     lstm = case.cell == "lstm"
     return Inputs(

@@ -52,7 +52,7 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[0][:200] if msg else ''}"
 
 
-class _Steps:
+class Steps:
     """The two timed steps of one built provider, with inputs prepared once (untimed)."""
 
     def __init__(self, case: Case, built: Built, inputs: Inputs):
@@ -86,15 +86,25 @@ class _Steps:
             self.fn(self.inp_eval, self.hx_eval)
             return [m0, clock.mark()]
 
-    def train(self, clock: Clock) -> list:
+    def forward(self) -> list[torch.Tensor]:
+        """A training forward (gradients cleared first); returns [y or its packed data, h_n,
+        (c_n)] for :meth:`backward`."""
         for t in self.leaves + self.params:
             t.grad = None
-        m0 = clock.mark()
         out, hn = self.fn(self.inp_train, self.hx_train)
-        m1 = clock.mark()
         y = out.data if isinstance(out, PackedSequence) else out
-        outs = [y, *hn] if isinstance(hn, tuple) else [y, hn]
+        return [y, *hn] if isinstance(hn, tuple) else [y, hn]
+
+    def backward(self, outs: list[torch.Tensor]) -> None:
         torch.autograd.backward(outs, self.grads)
+
+    def train(self, clock: Clock) -> list:
+        for t in self.leaves + self.params:
+            t.grad = None  # before the first mark, so not timed
+        m0 = clock.mark()
+        outs = self.forward()
+        m1 = clock.mark()
+        self.backward(outs)
         return [m0, m1, clock.mark()]
 
 
@@ -165,7 +175,7 @@ def run_case(
             emit(prov.name, "WRONG", detail)
             continue
         try:
-            steps = _Steps(case, built, inputs)
+            steps = Steps(case, built, inputs)
             (infer,) = measure(steps.infer, clock, cfg)
             train_fwd, bwd, fwd_bwd = measure(steps.train, clock, cfg, ((0, 1), (1, 2), (0, 2)))
             peaks = (
