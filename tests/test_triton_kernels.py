@@ -1,8 +1,9 @@
-"""Kernel-level tests of the Triton backend: both kernel paths (persistent sequence kernel and
-per-step kernel) against the float64 reference backend, with several programs per launch,
-several K chunks, per-sequence lengths and initial states; the half dtypes; the custom ops
-(opcheck, torch.compile); the choice of path. On a CPU-only machine they run in Triton's
-interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay tiny.
+"""Kernel-level tests of the Triton backend: every kernel path (in-kernel time loop with W_hh
+resident on chip or streamed, and one launch per step) against the float64 reference
+backend, with several programs per launch, several K chunks, per-sequence lengths and initial
+states; the half dtypes; the custom ops (opcheck, torch.compile); the choice of path. On a
+CPU-only machine they run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+so shapes stay tiny.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ DEV = "cpu" if common.INTERPRET else "cuda"
 pytestmark = pytest.mark.skipif(BE.available() is not None, reason=str(BE.available()))
 
 # (T, B, I, H, lengths, bias). Under the interpreter B=5 spans two batch blocks (BB=4); H=20
-# spans two hidden blocks and two K chunks of the per-step kernel (BH = BK = 16) and pads the
-# sequence kernel's HP to 32.
+# spans two hidden blocks of the per-step kernel and two K chunks of the per-step and streamed
+# kernels (BH = BK = 16), and pads the resident kernel's HP to 32.
 CASES = {
     "T5-B3-I7-H10-bias": (5, 3, 7, 10, None, True),
     "T5-B5-I4-H20-len-nobias": (5, 5, 4, 20, [5, 1, 3, 5, 2], False),
@@ -86,7 +87,7 @@ def _compare(got, want, atol, rtol, what):
         torch.testing.assert_close(g.double(), w.double(), atol=atol, rtol=rtol, msg=f"{what}[{k}]")
 
 
-@pytest.mark.parametrize("path", ["sequence", "step"])
+@pytest.mark.parametrize("path", common.PATHS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_fp32_matches_float64_reference(monkeypatch, path, cell, case):
@@ -195,52 +196,58 @@ def test_supports_and_available():
 
 def test_path_override_is_validated(monkeypatch):
     monkeypatch.setenv(common.PATH_ENV, "fast")
-    with pytest.raises(ValueError, match="sequence' or 'step"):
-        common.choose_config(4, 2, 8, torch.float32, torch.device(DEV))
+    with pytest.raises(ValueError, match="must be one of resident, streamed, step"):
+        common.choose_config(False, 2, 8, torch.float32, torch.device(DEV))
 
 
 # ------------------------------------------------------------------- GPU path choice (pure)
 H100_SMS = 132
 
 
-def test_target_shapes_take_the_sequence_kernel():
-    """LSTM and GRU at H=768 B=16 bf16 run the persistent kernel on an H100's 132 SMs, with
-    no more programs than SMs (the grid barrier needs them all resident)."""
-    for G in (3, 4):
-        cfg = common.gpu_config(G, 16, 768, torch.bfloat16, H100_SMS, None)
-        assert cfg.persistent and cfg.HP == 1024
+def test_target_shapes_loop_over_time_in_the_kernel():
+    """H=768 B=16 bf16 on an H100's 132 SMs: the forward holds W_hh on chip; the backward
+    (which also holds a 4x larger dG operand) streams it; no more programs than SMs."""
+    for bwd, path in ((False, "resident"), (True, "streamed")):
+        cfg = common.gpu_config(bwd, 16, 768, torch.bfloat16, H100_SMS, None)
+        assert cfg.path == path
         assert -(-768 // cfg.BH) * -(-16 // cfg.BB) <= H100_SMS
 
 
 @pytest.mark.parametrize(
-    "G,B,H,dtype,why",
+    "bwd,B,H,dtype,path,why",
     [
-        (4, 16, 2048, torch.bfloat16, "H=2048"),
-        (4, 16, 1024, torch.float32, "weights per program"),
-        (4, 256, 512, torch.bfloat16, "SMs"),
+        (False, 16, 2048, torch.bfloat16, "resident", "H=2048"),
+        (False, 16, 1024, torch.float32, "resident", "on-chip operands"),
+        (True, 16, 1024, torch.bfloat16, "resident", "on-chip operands"),
+        (False, 256, 512, torch.bfloat16, "streamed", "SMs"),
     ],
 )
-def test_large_cases_fall_back_to_per_step(G, B, H, dtype, why):
-    assert why in common.persistent_fits(G, B, H, dtype, H100_SMS)
-    assert not common.gpu_config(G, B, H, dtype, H100_SMS, None).persistent
-    with pytest.raises(ValueError, match="cannot run this case"):
-        common.gpu_config(G, B, H, dtype, H100_SMS, "sequence")
+def test_paths_refuse_what_they_cannot_run(bwd, B, H, dtype, path, why):
+    assert why in common.why_not(path, bwd, B, H, dtype, H100_SMS)
+    assert common.gpu_config(bwd, B, H, dtype, H100_SMS, None).path != path
+    with pytest.raises(ValueError, match=f"the {path} path cannot run this case"):
+        common.gpu_config(bwd, B, H, dtype, H100_SMS, path)
 
 
-def test_interpreter_sequence_kernel_has_one_program_per_batch_block():
+def test_large_batch_falls_back_to_per_step():
+    assert common.gpu_config(False, 256, 512, torch.bfloat16, H100_SMS, None).path == "step"
+
+
+@pytest.mark.parametrize("path", ["resident", "streamed"])
+def test_interpreter_time_loop_has_one_program_per_batch_block(path):
     """Under the interpreter programs run one at a time: a grid barrier across hidden blocks
     would never be reached by the programs not yet started."""
-    cfg = common.interpreter_config(B=5, H=20, path="sequence")
-    assert cfg.persistent and cfg.BH >= 20
+    cfg = common.interpreter_config(B=5, H=20, path=path)
+    assert cfg.path == path and cfg.BH >= 20
 
 
 # ----------------------------------------------------------------------- full shapes, GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", ["sequence", "step"])
+@pytest.mark.parametrize("path", common.PATHS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gpu_full_shape_fp32(monkeypatch, path, cell):
     monkeypatch.setenv(common.PATH_ENV, path)
-    T, B, H = 64, 16, (768 if path == "step" else 512)
+    T, B, H = 64, 16, (256 if path == "resident" else 768)
     lengths = torch.randint(1, T + 1, (B,)).tolist()
     inputs, params, lens, grads_in = _case(cell, T, B, 256, H, lengths, True, torch.float32)
     outs, grads = _run(BE, cell, inputs, params, lens, grads_in)
@@ -262,8 +269,7 @@ def test_gpu_new_length_does_not_recompile():
     assert sum(len(c[0]) for c in lstm._lstm_fwd_kernel.device_caches.values()) == n
 
 
-def test_env_path_default_is_size_based(monkeypatch):
+def test_default_path_for_a_small_case_is_resident(monkeypatch):
     monkeypatch.delenv(common.PATH_ENV, raising=False)
     assert os.environ.get(common.PATH_ENV) is None
-    small = common.choose_config(4, 2, 8, torch.float32, torch.device(DEV))
-    assert small.persistent
+    assert common.choose_config(False, 2, 8, torch.float32, torch.device(DEV)).path == "resident"

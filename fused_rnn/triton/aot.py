@@ -76,7 +76,7 @@ def compile_config(kernel, dtype: torch.dtype, cfg: Config) -> dict:
     sig.update({k: "constexpr" for k in consts})
     src = triton.compiler.ASTSource(kernel, sig, consts)
     opts = {"num_warps": cfg.num_warps}
-    if cfg.persistent:
+    if cfg.path != "step":
         opts["launch_cooperative_grid"] = True
     compiled = triton.compile(src, target=HOPPER, options=opts)
     return _resources(compiled.asm["cubin"])
@@ -88,17 +88,17 @@ def jobs(everything: bool) -> list[tuple]:
     path) -- the one with the most registers, most likely to fail (each compile takes
     seconds on a CPU)."""
     kernels = {
-        4: (lstm._lstm_fwd_kernel, lstm._lstm_bwd_kernel),
-        3: (gru._gru_fwd_kernel, gru._gru_bwd_kernel),
+        False: (lstm._lstm_fwd_kernel, gru._gru_fwd_kernel),
+        True: (lstm._lstm_bwd_kernel, gru._gru_bwd_kernel),
     }
-    out = [(k, dt, cfg) for G, dt, cfg in shipped_gpu_configs() for k in kernels[G]]
+    out = [(k, dt, cfg) for bwd, dt, cfg in shipped_gpu_configs() for k in kernels[bwd]]
     if everything:
         return out
     largest = {}
     for k, dt, cfg in out:
         if dt == torch.float16:
             continue
-        key = (id(k), dt, cfg.persistent)
+        key = (id(k), dt, cfg.path)
         if key not in largest or cfg.HP > largest[key][2].HP:
             largest[key] = (k, dt, cfg)
     return list(largest.values())

@@ -20,8 +20,8 @@ import triton.language as tl
 # it builds an interpreted function, so the two must agree.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-# Optional override of the path choice (tests exercise both paths on the same shapes):
-# "sequence" or "step". Unset: chosen by size (see choose_config).
+# Optional override of the path choice (tests run every path on the same shapes): one of
+# PATHS. Unset: chosen by size (see choose_config).
 PATH_ENV = "FUSED_RNN_TRITON_PATH"
 
 if INTERPRET:
@@ -94,24 +94,114 @@ def load_w(w_ptr, r, c, mask, H, DOT_F32: tl.constexpr):
 
 @triton.jit
 def mm(a, b, DOT_F32: tl.constexpr, PREC: tl.constexpr):
-    """a (M, K) fp32 state @ b (K, N) weight tile -> (M, N) fp32. The state is rounded to the
-    weight's dtype (as cuDNN does) unless DOT_F32."""
+    """a (..., M, K) fp32 @ b (..., K, N) weight tile -> fp32. The fp32 operand is rounded to
+    the weight's dtype (as cuDNN does) unless DOT_F32."""
     if DOT_F32:
         return tl.dot(a, b, input_precision=PREC)
     return tl.dot(a.to(b.dtype), b)
 
 
+# The recurrent GEMMs keep each program's output tile wide enough that no two warps compute
+# the same MMA tile (which would replicate the weight operand in every warp's registers):
+# forward, the gates are packed side by side, (BB, K) @ (K, 4*BH); backward, the gates are the
+# batch dimension of a 3D dot, (4, BB, K) @ (4, K, BH), summed over gates afterwards. GRU
+# (G=3) leaves the fourth gate slot zero.
+
+
+@triton.jit
+def w_fwd_tile(w_ptr, j, j_ok, k, H, G: tl.constexpr, BH: tl.constexpr, DOT_F32: tl.constexpr):
+    """(K, 4*BH) tile with column q*BH + jj = W_hh[q*H + j[jj], k] for gate q < G, else 0.
+    j (BH,) hidden units, k (K,) input indices of the recurrent GEMM."""
+    q = tl.arange(0, 4)
+    r = tl.reshape(q[:, None] * H + j[None, :], (4 * BH,))
+    ok = tl.reshape((q[:, None] < G) & j_ok[None, :], (4 * BH,))
+    return load_w(w_ptr, r[None, :], k[:, None], ok[None, :] & (k[:, None] < H), H, DOT_F32)
+
+
+@triton.jit
+def split_gates(acc, BB: tl.constexpr, BH: tl.constexpr):
+    """(BB, 4*BH) packed gate columns -> four (BB, BH) tensors, gates 0..3."""
+    x = tl.permute(tl.reshape(acc, (BB, 2, 2, BH)), (0, 3, 1, 2))  # [b, jj, q // 2, q % 2]
+    even, odd = tl.split(x)
+    g0, g2 = tl.split(even)
+    g1, g3 = tl.split(odd)
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def rec_fwd_chunked(
+    h_slot, rows, row_ok, w_ptr, j, j_ok, H,
+    G: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    DOT_F32: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """h (B, H) slot @ the packed W_hh^T tile, K streamed in chunks of BK from global memory
+    (per-step kernel) -> (BB, 4*BH) fp32."""
+    acc = tl.zeros((BB, 4 * BH), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        kc = k0 + tl.arange(0, BK)
+        h = ld(h_slot, rows[:, None] * H + kc[None, :], row_ok[:, None] & (kc[None, :] < H))
+        acc += mm(h, w_fwd_tile(w_ptr, j, j_ok, kc, H, G, BH, DOT_F32), DOT_F32, PREC)
+    return acc
+
+
+@triton.jit
+def w_bwd_tile(w_ptr, j, j_ok, k, H, G: tl.constexpr, DOT_F32: tl.constexpr):
+    """(4, K, BH) tile [q, kk, jj] = W_hh[q*H + k[kk], j[jj]] for gate q < G, else 0."""
+    q = tl.arange(0, 4)[:, None, None]
+    ok = (q < G) & (k[None, :, None] < H) & j_ok[None, None, :]
+    return load_w(w_ptr, q * H + k[None, :, None], j[None, None, :], ok, H, DOT_F32)
+
+
+@triton.jit
+def dg_tile(dg_t, rows, row_ok, k, H, G: tl.constexpr):
+    """(4, BB, K) fp32 [q, b, kk] = dG[rows[b], c(q)*H + k[kk]] of one step's (B, 4H) gate
+    gradients, where c(q) is the column group that meets W_hh's gate q: q itself for the LSTM;
+    r, z and then group 3 (W_hn h + b_hn) for the GRU."""
+    q = tl.arange(0, 4)[:, None, None]
+    col = q + (q // 2) * (4 - G)
+    ok = (q < G) & row_ok[None, :, None] & (k[None, None, :] < H)
+    return ld(dg_t, rows[None, :, None] * 4 * H + col * H + k[None, None, :], ok)
+
+
+@triton.jit
+def rec_bwd_chunked(
+    dg_t, rows, row_ok, w_ptr, j, j_ok, H,
+    G: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    DOT_F32: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """dG_t (B, 4H) @ W_hh restricted to this program's units, K streamed in chunks of BK
+    (per-step kernel) -> (4, BB, BH) fp32 per-gate partial sums."""
+    acc = tl.zeros((4, BB, BH), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        kc = k0 + tl.arange(0, BK)
+        acc += mm(
+            dg_tile(dg_t, rows, row_ok, kc, H, G),
+            w_bwd_tile(w_ptr, j, j_ok, kc, H, G, DOT_F32),
+            DOT_F32,
+            PREC,
+        )
+    return acc
+
+
 # ----------------------------------------------------------------------------- configuration
+PATHS = ("resident", "streamed", "step")
+
+
 @dataclass(frozen=True)
 class Config:
-    """How one recurrence runs. ``persistent``: one launch looping over time with the weight
-    tiles held in registers and a grid barrier per step; else one launch per step."""
+    """How one recurrence runs (see docs/triton_backend.md).
 
-    persistent: bool
+    path "resident": one launch loops over time, each program holds its W_hh tile on chip and
+    programs exchange h (dG backward) through global memory with a grid barrier per step.
+    "streamed": the same loop, but the W_hh tile is re-read from L2 each step in BK chunks
+    (H too large to hold on chip). "step": one launch per step, W_hh streamed in BK chunks.
+    """
+
+    path: str
     BB: int  # batch rows per program
     BH: int  # hidden units per program
-    HP: int  # padded hidden size (persistent: whole K of the recurrent GEMM in one tile)
-    BK: int  # K-chunk of the per-step kernel's recurrent GEMM
+    HP: int  # resident: the whole K of the recurrent GEMM in one tile (next_pow2(H) or more)
+    BK: int  # streamed / step: K chunk of the recurrent GEMM
     num_warps: int
     dot_f32: bool  # run tl.dot in fp32 (fp32 inputs; bf16/fp16 under the interpreter)
 
@@ -122,24 +212,25 @@ class Config:
             BH=self.BH,
             HP=self.HP,
             BK=self.BK,
-            PERSISTENT=self.persistent,
+            PERSISTENT=self.path != "step",
+            RESIDENT=self.path == "resident",
             DOT_F32=self.dot_f32,
             PREC="ieee",
         )
 
 
-# GPU limits of the persistent kernel. Each program holds G weight tiles of HP x BH in
-# registers; above this many bytes per program ptxas spills (measured with the AOT compile for
-# sm_90, see tests/test_triton_compile.py and docs/triton_backend.md).
-PERSISTENT_HP = (128, 256, 512, 1024)
-PERSISTENT_BB = 16
-PERSISTENT_BH = 16
-PERSISTENT_WARPS = 8
-PERSISTENT_WEIGHT_BYTES = 128 * 1024
-STEP_BB = 16
-STEP_BH = 32
-STEP_BK = 32  # BK = 64 spills (255 registers + stack) in the AOT compile; 32 does not
-STEP_WARPS = 4
+# GPU tiles. BB = BH = 16 is the smallest tile tl.dot accepts: the most programs, hence the
+# least weight per program. The register budget of a resident program (its W_hh tile plus,
+# backward, the (4, BB, HP) dG operand) is where ptxas starts spilling in the sm_90 AOT
+# compile; the chunked paths' BK likewise (python -m fused_rnn.triton.aot --all; figures in
+# docs/triton_backend.md).
+RESIDENT_HP = (128, 256, 512, 1024)
+RESIDENT_BYTES = 128 * 1024
+RESIDENT_WARPS = 8
+GPU_BB = 16
+GPU_BH = 16
+CHUNK_BK = {torch.float32: 16, torch.float16: 32, torch.bfloat16: 32}
+CHUNK_WARPS = 4
 
 
 def next_pow2(n: int) -> int:
@@ -150,66 +241,82 @@ def num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def persistent_fits(G: int, B: int, H: int, dtype: torch.dtype, n_sms: int) -> str | None:
-    """None when the persistent kernel can run (B, H) on a GPU with n_sms SMs, else why not."""
-    hp = max(PERSISTENT_HP[0], next_pow2(H))
-    if hp > PERSISTENT_HP[-1]:
-        return f"H={H} > {PERSISTENT_HP[-1]}"
-    el = 4 if dtype == torch.float32 else 2
-    wbytes = G * hp * PERSISTENT_BH * el
-    if wbytes > PERSISTENT_WEIGHT_BYTES:
-        return f"{wbytes} B of weights per program > {PERSISTENT_WEIGHT_BYTES}"
-    progs = triton.cdiv(B, PERSISTENT_BB) * triton.cdiv(H, PERSISTENT_BH)
+def why_not(path: str, bwd: bool, B: int, H: int, dtype: torch.dtype, n_sms: int) -> str | None:
+    """None when ``path`` can run (B, H) on a GPU with n_sms SMs, else the reason."""
+    if path == "step":
+        return None
+    progs = triton.cdiv(B, GPU_BB) * triton.cdiv(H, GPU_BH)
     if progs > n_sms:
         return f"{progs} programs > {n_sms} SMs (all must be co-resident for the grid barrier)"
+    if path == "streamed":
+        return None
+    hp = max(RESIDENT_HP[0], next_pow2(H))
+    if hp > RESIDENT_HP[-1]:
+        return f"H={H} > {RESIDENT_HP[-1]}"
+    # forward: the packed (HP, 4*BH) W_hh^T tile; backward also the (4, BB, HP) dG operand
+    n = 4 * hp * GPU_BH + (4 * GPU_BB * hp if bwd else 0)
+    nbytes = n * (4 if dtype == torch.float32 else 2)
+    if nbytes > RESIDENT_BYTES:
+        return f"{nbytes} B of on-chip operands per program > {RESIDENT_BYTES}"
     return None
 
 
-def gpu_config(G: int, B: int, H: int, dtype: torch.dtype, n_sms: int, path: str | None) -> Config:
-    """The config the GPU runs for this case (``path`` forces "sequence" or "step")."""
-    dot_f32 = dtype == torch.float32
-    why = persistent_fits(G, B, H, dtype, n_sms)
-    if path == "sequence" and why is not None:
-        raise ValueError(f"fused_rnn triton: the sequence kernel cannot run this case: {why}")
-    if why is None and path != "step":
-        hp = max(PERSISTENT_HP[0], next_pow2(H))
-        return Config(True, PERSISTENT_BB, PERSISTENT_BH, hp, hp, PERSISTENT_WARPS, dot_f32)
-    return Config(False, STEP_BB, STEP_BH, STEP_BK, STEP_BK, STEP_WARPS, dot_f32)
+def gpu_config(
+    bwd: bool, B: int, H: int, dtype: torch.dtype, n_sms: int, path: str | None
+) -> Config:
+    """The config a GPU runs (``path`` forces one of PATHS; else the first that fits)."""
+    if path is not None:
+        why = why_not(path, bwd, B, H, dtype, n_sms)
+        if why is not None:
+            raise ValueError(f"fused_rnn triton: the {path} path cannot run this case: {why}")
+    else:
+        path = next(p for p in PATHS if why_not(p, bwd, B, H, dtype, n_sms) is None)
+    f32 = dtype == torch.float32
+    if path == "resident":
+        hp = max(RESIDENT_HP[0], next_pow2(H))
+        return Config(path, GPU_BB, GPU_BH, hp, hp, RESIDENT_WARPS, f32)
+    bk = CHUNK_BK[dtype]
+    return Config(path, GPU_BB, GPU_BH, bk, bk, CHUNK_WARPS, f32)
 
 
 def interpreter_config(B: int, H: int, path: str | None) -> Config:
     """Under the interpreter programs run one after another, so a program spinning at a grid
-    barrier would wait forever for programs that have not started: the sequence kernel runs
-    with ONE program per batch block (the barrier then only waits for itself). Tiles are small
-    (the interpreter accepts blocks < 16) to keep shapes tiny yet span several programs and K
-    chunks. bf16 tl.dot is wrong in the interpreter (triton-lang/triton#11584): dot in fp32."""
+    barrier would wait forever for programs that have not started: the in-kernel time loop
+    runs with ONE program per batch block (the barrier then only waits for itself). Tiles are
+    small (the interpreter accepts blocks < 16) to keep shapes tiny yet span several programs
+    and K chunks. bf16 tl.dot is wrong in the interpreter (triton-lang/triton#11584): the dot
+    runs in fp32."""
     bb = min(next_pow2(B), 4)
     hp = next_pow2(H)
-    if path == "step" or (path is None and hp > 256):
-        return Config(False, bb, min(hp, 16), min(hp, 16), min(hp, 16), 1, True)
-    return Config(True, bb, hp, hp, hp, 1, True)
+    k = min(hp, 16)
+    path = path or ("resident" if hp <= 256 else "step")
+    if path == "resident":
+        return Config(path, bb, hp, hp, hp, 1, True)
+    if path == "streamed":
+        return Config(path, bb, hp, k, k, 1, True)
+    return Config(path, bb, k, k, k, 1, True)
 
 
-def choose_config(G: int, B: int, H: int, dtype: torch.dtype, device: torch.device) -> Config:
+def choose_config(bwd: bool, B: int, H: int, dtype: torch.dtype, device: torch.device) -> Config:
+    """The config of one recurrence (forward or backward) of batch B and hidden size H."""
     path = os.environ.get(PATH_ENV) or None
-    if path not in (None, "sequence", "step"):
-        raise ValueError(f"{PATH_ENV} must be 'sequence' or 'step', got {path!r}")
+    if path not in (None, *PATHS):
+        raise ValueError(f"{PATH_ENV} must be one of {', '.join(PATHS)}; got {path!r}")
     if INTERPRET:
         return interpreter_config(B, H, path)
-    return gpu_config(G, B, H, dtype, num_sms(device), path)
+    return gpu_config(bwd, B, H, dtype, num_sms(device), path)
 
 
-def shipped_gpu_configs() -> list[tuple[int, torch.dtype, Config]]:
-    """Every (G, dtype, config) that gpu_config can pick on any GPU (for the ahead-of-time
-    compile test): the config depends on (B, H) only through the padded HP and whether the
-    persistent kernel fits."""
+def shipped_gpu_configs() -> list[tuple[bool, torch.dtype, Config]]:
+    """Every (bwd, dtype, config) that gpu_config can pick on any GPU (for the ahead-of-time
+    compile test). The tiles depend on (B, H) only through the path and, resident, HP."""
     out = set()
-    for G in (3, 4):
+    for bwd in (False, True):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            for B in (1, 17):
-                for H in (*PERSISTENT_HP, 2 * PERSISTENT_HP[-1]):
-                    for path in (None, "step"):
-                        out.add((G, dtype, gpu_config(G, B, H, dtype, 10**6, path)))
+            for path in PATHS:
+                for H in (*RESIDENT_HP, 2 * RESIDENT_HP[-1]):
+                    if why_not(path, bwd, 1, H, dtype, 10**6) is None:
+                        out.add((bwd, dtype, gpu_config(bwd, 1, H, dtype, 10**6, path)))
     return sorted(out, key=str)
 
 
@@ -229,7 +336,7 @@ def run_recurrence(
     # One arrival counter per batch block: blocks never wait for each other.
     counter = torch.zeros(n_b, dtype=torch.int32, device=args[0].device)
     meta = dict(cfg.constexprs(), num_warps=cfg.num_warps)
-    if cfg.persistent:
+    if cfg.path != "step":
         if not INTERPRET:
             # Cooperative launch: the driver refuses a grid that cannot be co-resident instead
             # of letting the barrier deadlock.

@@ -19,14 +19,19 @@ from torch import Tensor
 
 from .common import (
     choose_config,
+    dg_tile,
     grid_barrier,
     ld,
-    load_w,
     mm,
+    rec_bwd_chunked,
+    rec_fwd_chunked,
     run_recurrence,
     sigmoid,
+    split_gates,
     st,
     tanh,
+    w_bwd_tile,
+    w_fwd_tile,
 )
 
 __all__ = ["gru_recurrence_bwd", "gru_recurrence_fwd"]
@@ -53,6 +58,7 @@ def _gru_fwd_kernel(
     HP: tl.constexpr,
     BK: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_F32: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -72,40 +78,24 @@ def _gru_fwd_kernel(
     b_z = tl.load(b_ptr + H + j, mask=j_ok, other=0.0)[None, :]
     b_in = tl.load(b_ptr + 2 * H + j, mask=j_ok, other=0.0)[None, :]
     b_hn = tl.load(b_ptr + 3 * H + j, mask=j_ok, other=0.0)[None, :]
-    if PERSISTENT:
+    if RESIDENT:
+        # packed W_hh^T tile (HP, 4*BH), the fourth gate slot zero: loaded once, on chip
         kk = tl.arange(0, HP)
-        wm = (kk[:, None] < H) & j_ok[None, :]
-        w_r = load_w(w_ptr, j[None, :], kk[:, None], wm, H, DOT_F32)
-        w_z = load_w(w_ptr, H + j[None, :], kk[:, None], wm, H, DOT_F32)
-        w_n = load_w(w_ptr, 2 * H + j[None, :], kk[:, None], wm, H, DOT_F32)
+        w_res = w_fwd_tile(w_ptr, j, j_ok, kk, H, 3, BH, DOT_F32)
     for s in range(n_iter):
         t = (t_first + s).to(tl.int64)
         if PERSISTENT:
             if s > 0:
                 grid_barrier(counter_ptr + pid_b, n_h * s)
         h_slot = hs_ptr + (t % slots) * B * H
-        if PERSISTENT:
+        if RESIDENT:
             h = ld(h_slot, rows[:, None] * H + kk[None, :], row_ok[:, None] & (kk[None, :] < H))
-            acc_r = mm(h, w_r, DOT_F32, PREC)
-            acc_z = mm(h, w_z, DOT_F32, PREC)
-            acc_n = mm(h, w_n, DOT_F32, PREC)
+            acc = mm(h, w_res, DOT_F32, PREC)
         else:
-            acc_r = tl.zeros((BB, BH), dtype=tl.float32)
-            acc_z = tl.zeros((BB, BH), dtype=tl.float32)
-            acc_n = tl.zeros((BB, BH), dtype=tl.float32)
-            for k0 in range(0, H, BK):
-                kc = k0 + tl.arange(0, BK)
-                h = ld(h_slot, rows[:, None] * H + kc[None, :], row_ok[:, None] & (kc[None, :] < H))
-                wm = (kc[:, None] < H) & j_ok[None, :]
-                acc_r += mm(
-                    h, load_w(w_ptr, j[None, :], kc[:, None], wm, H, DOT_F32), DOT_F32, PREC
-                )
-                acc_z += mm(
-                    h, load_w(w_ptr, H + j[None, :], kc[:, None], wm, H, DOT_F32), DOT_F32, PREC
-                )
-                acc_n += mm(
-                    h, load_w(w_ptr, 2 * H + j[None, :], kc[:, None], wm, H, DOT_F32), DOT_F32, PREC
-                )
+            acc = rec_fwd_chunked(
+                h_slot, rows, row_ok, w_ptr, j, j_ok, H, 3, BB, BH, BK, DOT_F32, PREC
+            )
+        acc_r, acc_z, acc_n, _ = split_gates(acc, BB, BH)
         x_t = xp_ptr + t * B * H * 3
         r = sigmoid(ld(x_t, xg, m2) + acc_r + b_r)
         z = sigmoid(ld(x_t, xg + H, m2) + acc_z + b_z)
@@ -146,6 +136,7 @@ def _gru_bwd_kernel(
     HP: tl.constexpr,
     BK: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_F32: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -164,12 +155,10 @@ def _gru_bwd_kernel(
     own = rows[:, None] * H + j[None, :]
     sg = rows[:, None] * 4 * H + j[None, :]
     BH4 = B * H * 4
-    if PERSISTENT:
+    if RESIDENT:
+        # W_hh tile (4, HP, BH): the columns of this program's units, gate by gate, on chip
         kk = tl.arange(0, HP)
-        wm = (kk[:, None] < H) & j_ok[None, :]
-        w_r = load_w(w_ptr, kk[:, None], j[None, :], wm, H, DOT_F32)
-        w_z = load_w(w_ptr, H + kk[:, None], j[None, :], wm, H, DOT_F32)
-        w_n = load_w(w_ptr, 2 * H + kk[:, None], j[None, :], wm, H, DOT_F32)
+        w_res = w_bwd_tile(w_ptr, j, j_ok, kk, H, 3, DOT_F32)
     for s in range(n_iter):
         t = (t_first - s).to(tl.int64)
         if PERSISTENT:
@@ -178,23 +167,15 @@ def _gru_bwd_kernel(
         nxt = (t + 1) % 2 * B * H
         dh = ld(dhs_ptr + nxt, own, m2)
         if t + 1 < T:
+            # columns r, z and W_hn h + b_hn of dG[t+1] meet W_hh's gates r, z, n
             d_t = dg_ptr + (t + 1) * BH4
-            if PERSISTENT:
-                dm = row_ok[:, None] & (kk[None, :] < H)
-                dga = rows[:, None] * 4 * H + kk[None, :]
-                dh += mm(ld(d_t, dga, dm), w_r, DOT_F32, PREC)
-                dh += mm(ld(d_t, dga + H, dm), w_z, DOT_F32, PREC)
-                dh += mm(ld(d_t, dga + 3 * H, dm), w_n, DOT_F32, PREC)
+            if RESIDENT:
+                part = mm(dg_tile(d_t, rows, row_ok, kk, H, 3), w_res, DOT_F32, PREC)
             else:
-                for k0 in range(0, H, BK):
-                    kc = k0 + tl.arange(0, BK)
-                    dm = row_ok[:, None] & (kc[None, :] < H)
-                    dga = rows[:, None] * 4 * H + kc[None, :]
-                    wm = (kc[:, None] < H) & j_ok[None, :]
-                    for k in tl.static_range(3):
-                        wk = load_w(w_ptr, k * H + kc[:, None], j[None, :], wm, H, DOT_F32)
-                        # gate k of W_hh meets dG column k, except n (k=2): column 3, W_hn h
-                        dh += mm(ld(d_t, dga + (k + k // 2) * H, dm), wk, DOT_F32, PREC)
+                part = rec_bwd_chunked(
+                    d_t, rows, row_ok, w_ptr, j, j_ok, H, 3, BB, BH, BK, DOT_F32, PREC
+                )
+            dh += tl.sum(part, axis=0)
         if t >= 0:
             g_t = gates_ptr + t * BH4
             r = ld(g_t, sg, m2)
@@ -234,7 +215,7 @@ def gru_recurrence_fwd(
     hs[0] = h0
     y = xp.new_empty((T, B, H))
     gates = xp.new_empty((T, B, 4 * H) if save else (0,), dtype=torch.float32)
-    cfg = choose_config(3, B, H, xp.dtype, xp.device)
+    cfg = choose_config(False, B, H, xp.dtype, xp.device)
     args = (xp, w_hh.contiguous(), bias, lengths, hs, y, gates, B, H, S, int(save))
     run_recurrence(_gru_fwd_kernel, cfg, B, H, args, 0, T, 1)
     return y, hs, gates
@@ -263,7 +244,7 @@ def gru_recurrence_bwd(
     dhs = gates.new_empty((2, B, H))
     dhs[T % 2] = dhn
     dh0 = torch.empty_like(dhs[0])
-    cfg = choose_config(3, B, H, w_hh.dtype, gates.device)
+    cfg = choose_config(True, B, H, w_hh.dtype, gates.device)
     args = (w_hh.contiguous(), lengths, gates, hs, dy, dg, dhs, dh0, B, H, T)
     run_recurrence(_gru_bwd_kernel, cfg, B, H, args, T - 1, T + 1, -1)
     return dg, dh0

@@ -20,14 +20,19 @@ from torch import Tensor
 
 from .common import (
     choose_config,
+    dg_tile,
     grid_barrier,
     ld,
-    load_w,
     mm,
+    rec_bwd_chunked,
+    rec_fwd_chunked,
     run_recurrence,
     sigmoid,
+    split_gates,
     st,
     tanh,
+    w_bwd_tile,
+    w_fwd_tile,
 )
 
 __all__ = ["lstm_recurrence_bwd", "lstm_recurrence_fwd"]
@@ -55,6 +60,7 @@ def _lstm_fwd_kernel(
     HP: tl.constexpr,
     BK: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_F32: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -74,14 +80,10 @@ def _lstm_fwd_kernel(
     b_g = tl.load(b_ptr + 2 * H + j, mask=j_ok, other=0.0)[None, :]
     b_o = tl.load(b_ptr + 3 * H + j, mask=j_ok, other=0.0)[None, :]
     BH4 = B * H * 4
-    if PERSISTENT:
-        # W_hh^T tiles (HP, BH) of this program's units, loaded once and held on chip.
+    if RESIDENT:
+        # packed W_hh^T tile (HP, 4*BH) of this program's units: loaded once, held on chip
         kk = tl.arange(0, HP)
-        wm = (kk[:, None] < H) & j_ok[None, :]
-        w_i = load_w(w_ptr, j[None, :], kk[:, None], wm, H, DOT_F32)
-        w_f = load_w(w_ptr, H + j[None, :], kk[:, None], wm, H, DOT_F32)
-        w_g = load_w(w_ptr, 2 * H + j[None, :], kk[:, None], wm, H, DOT_F32)
-        w_o = load_w(w_ptr, 3 * H + j[None, :], kk[:, None], wm, H, DOT_F32)
+        w_res = w_fwd_tile(w_ptr, j, j_ok, kk, H, 4, BH, DOT_F32)
     for s in range(n_iter):
         t = (t_first + s).to(tl.int64)
         if PERSISTENT:
@@ -90,34 +92,15 @@ def _lstm_fwd_kernel(
                 grid_barrier(counter_ptr + pid_b, n_h * s)
         h_slot = hs_ptr + (t % slots) * B * H
         c_slot = cs_ptr + (t % slots) * B * H
-        # recurrent GEMM: acc_k = h_{t-1} @ W_hk^T for this program's units
-        if PERSISTENT:
+        # recurrent GEMM: h_{t-1} @ W_hh^T for this program's units, gates side by side
+        if RESIDENT:
             h = ld(h_slot, rows[:, None] * H + kk[None, :], row_ok[:, None] & (kk[None, :] < H))
-            acc_i = mm(h, w_i, DOT_F32, PREC)
-            acc_f = mm(h, w_f, DOT_F32, PREC)
-            acc_g = mm(h, w_g, DOT_F32, PREC)
-            acc_o = mm(h, w_o, DOT_F32, PREC)
+            acc = mm(h, w_res, DOT_F32, PREC)
         else:
-            acc_i = tl.zeros((BB, BH), dtype=tl.float32)
-            acc_f = tl.zeros((BB, BH), dtype=tl.float32)
-            acc_g = tl.zeros((BB, BH), dtype=tl.float32)
-            acc_o = tl.zeros((BB, BH), dtype=tl.float32)
-            for k0 in range(0, H, BK):
-                kc = k0 + tl.arange(0, BK)
-                h = ld(h_slot, rows[:, None] * H + kc[None, :], row_ok[:, None] & (kc[None, :] < H))
-                wm = (kc[:, None] < H) & j_ok[None, :]
-                acc_i += mm(
-                    h, load_w(w_ptr, j[None, :], kc[:, None], wm, H, DOT_F32), DOT_F32, PREC
-                )
-                acc_f += mm(
-                    h, load_w(w_ptr, H + j[None, :], kc[:, None], wm, H, DOT_F32), DOT_F32, PREC
-                )
-                acc_g += mm(
-                    h, load_w(w_ptr, 2 * H + j[None, :], kc[:, None], wm, H, DOT_F32), DOT_F32, PREC
-                )
-                acc_o += mm(
-                    h, load_w(w_ptr, 3 * H + j[None, :], kc[:, None], wm, H, DOT_F32), DOT_F32, PREC
-                )
+            acc = rec_fwd_chunked(
+                h_slot, rows, row_ok, w_ptr, j, j_ok, H, 4, BB, BH, BK, DOT_F32, PREC
+            )
+        acc_i, acc_f, acc_g, acc_o = split_gates(acc, BB, BH)
         # gates and state update, fp32
         x_t = xp_ptr + t * BH4
         i = sigmoid(ld(x_t, gate, m2) + acc_i + b_i)
@@ -165,6 +148,7 @@ def _lstm_bwd_kernel(
     HP: tl.constexpr,
     BK: tl.constexpr,
     PERSISTENT: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_F32: tl.constexpr,
     PREC: tl.constexpr,
 ):
@@ -183,14 +167,10 @@ def _lstm_bwd_kernel(
     own = rows[:, None] * H + j[None, :]
     gate = rows[:, None] * 4 * H + j[None, :]
     BH4 = B * H * 4
-    if PERSISTENT:
-        # W_hh tiles (HP, BH): w_k[kk, j] = W_hh[k*H + kk, j], held on chip
+    if RESIDENT:
+        # W_hh tile (4, HP, BH): the columns of this program's units, gate by gate, on chip
         kk = tl.arange(0, HP)
-        wm = (kk[:, None] < H) & j_ok[None, :]
-        w_i = load_w(w_ptr, kk[:, None], j[None, :], wm, H, DOT_F32)
-        w_f = load_w(w_ptr, H + kk[:, None], j[None, :], wm, H, DOT_F32)
-        w_g = load_w(w_ptr, 2 * H + kk[:, None], j[None, :], wm, H, DOT_F32)
-        w_o = load_w(w_ptr, 3 * H + kk[:, None], j[None, :], wm, H, DOT_F32)
+        w_res = w_bwd_tile(w_ptr, j, j_ok, kk, H, 4, DOT_F32)
     for s in range(n_iter):
         t = (t_first - s).to(tl.int64)
         if PERSISTENT:
@@ -200,22 +180,13 @@ def _lstm_bwd_kernel(
         dh = ld(dhs_ptr + nxt, own, m2)
         if t + 1 < T:
             d_t = dg_ptr + (t + 1) * BH4
-            if PERSISTENT:
-                dm = row_ok[:, None] & (kk[None, :] < H)
-                dga = rows[:, None] * 4 * H + kk[None, :]
-                dh += mm(ld(d_t, dga, dm), w_i, DOT_F32, PREC)
-                dh += mm(ld(d_t, dga + H, dm), w_f, DOT_F32, PREC)
-                dh += mm(ld(d_t, dga + 2 * H, dm), w_g, DOT_F32, PREC)
-                dh += mm(ld(d_t, dga + 3 * H, dm), w_o, DOT_F32, PREC)
+            if RESIDENT:
+                part = mm(dg_tile(d_t, rows, row_ok, kk, H, 4), w_res, DOT_F32, PREC)
             else:
-                for k0 in range(0, H, BK):
-                    kc = k0 + tl.arange(0, BK)
-                    dm = row_ok[:, None] & (kc[None, :] < H)
-                    dga = rows[:, None] * 4 * H + kc[None, :]
-                    wm = (kc[:, None] < H) & j_ok[None, :]
-                    for k in tl.static_range(4):
-                        wk = load_w(w_ptr, k * H + kc[:, None], j[None, :], wm, H, DOT_F32)
-                        dh += mm(ld(d_t, dga + k * H, dm), wk, DOT_F32, PREC)
+                part = rec_bwd_chunked(
+                    d_t, rows, row_ok, w_ptr, j, j_ok, H, 4, BB, BH, BK, DOT_F32, PREC
+                )
+            dh += tl.sum(part, axis=0)
         if t >= 0:
             dc = ld(dcs_ptr + nxt, own, m2)
             g_t = gates_ptr + t * BH4
@@ -263,7 +234,7 @@ def lstm_recurrence_fwd(
     cs[0] = c0
     y = xp.new_empty((T, B, H))
     gates = xp.new_empty((T, B, G4) if save else (0,), dtype=torch.float32)
-    cfg = choose_config(4, B, H, xp.dtype, xp.device)
+    cfg = choose_config(False, B, H, xp.dtype, xp.device)
     args = (xp, w_hh.contiguous(), bias, lengths, hs, cs, y, gates, B, H, S, int(save))
     run_recurrence(_lstm_fwd_kernel, cfg, B, H, args, 0, T, 1)
     return y, hs, cs, gates
@@ -294,7 +265,7 @@ def lstm_recurrence_bwd(
     dhs[T % 2] = dhn
     dcs[T % 2] = dcn
     dh0 = torch.empty_like(dhs[0])
-    cfg = choose_config(4, B, H, w_hh.dtype, gates.device)
+    cfg = choose_config(True, B, H, w_hh.dtype, gates.device)
     args = (w_hh.contiguous(), lengths, gates, cs, dy, dg, dhs, dcs, dh0, B, H, T)
     run_recurrence(_lstm_bwd_kernel, cfg, B, H, args, T - 1, T + 1, -1)
     return dg, dh0, dcs[0].clone()

@@ -1,0 +1,123 @@
+"""Time each Triton path (resident, streamed, step) against nn.LSTM / nn.GRU (cuDNN) on the
+same GPU in the same run, at the shapes of docs TARGETS.md; for scripts/gpu_check.sh.
+
+``python -m fused_rnn.triton.bench_paths OUT.csv`` writes one row per (case, provider) with
+forward (no grad) and forward+backward milliseconds (median of CUDA-event timings after a
+warm-up that includes the JIT compile), or the error that stopped it. Needs a CUDA device.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+
+import torch
+
+from .backend import TritonBackend
+from .common import PATH_ENV, PATHS
+
+# (cell, T, B, I, H, dtype, paths): the TARGETS.md anchor shape in bf16 on every path that can
+# run it, and the fastrnns shape in fp32 on the path chosen by size.
+CASES = [
+    ("lstm", 1024, 16, 768, 768, torch.bfloat16, PATHS),
+    ("gru", 1024, 16, 768, 768, torch.bfloat16, PATHS),
+    ("lstm", 100, 64, 512, 512, torch.float32, (None,)),
+    ("gru", 100, 64, 512, 512, torch.float32, (None,)),
+]
+
+
+def _median_ms(fn, reps: int) -> float:
+    fn()  # warm-up: JIT compile, cuBLAS handles
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b))
+    return sorted(times)[len(times) // 2]
+
+
+def _triton_fns(cell, x, h0, mod, dy):
+    be = TritonBackend()
+    w = [p.detach() for p in mod.parameters()]  # w_ih, w_hh, b_ih, b_hh
+    if cell == "lstm":
+
+        def fwd(save):
+            return be.lstm_fwd(x, h0, h0, *w, None, None, save)
+
+        def fwd_bwd():
+            be.lstm_bwd(fwd(True)[3], dy, h0, h0)
+
+    else:
+
+        def fwd(save):
+            return be.gru_fwd(x, h0, *w, None, save)
+
+        def fwd_bwd():
+            be.gru_bwd(fwd(True)[2], dy, h0)
+
+    return (lambda: fwd(False)), fwd_bwd
+
+
+def _time_case(cell, T, B, n_in, H, dt, paths) -> list[list]:
+    """Rows [cell, T, B, I, H, dtype, provider, fwd_ms, fwd_bwd_ms, note] of one shape."""
+    torch.manual_seed(0)
+    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(n_in, H).to("cuda", dt)
+    x = torch.randn(T, B, n_in, device="cuda", dtype=dt)
+    h0 = torch.zeros(B, H, device="cuda", dtype=dt)
+    dy = torch.randn(T, B, H, device="cuda", dtype=dt)
+    shape = [cell, T, B, n_in, H, str(dt).removeprefix("torch.")]
+    rows = []
+    for path in paths:
+        name = f"triton-{path or 'auto'}"
+        if path is None:
+            os.environ.pop(PATH_ENV, None)
+        else:
+            os.environ[PATH_ENV] = path
+        try:
+            fwd, fwd_bwd = _triton_fns(cell, x, h0, mod, dy)
+            with torch.no_grad():
+                f = _median_ms(fwd, 5)
+            rows.append([*shape, name, f, _median_ms(fwd_bwd, 3), ""])
+        except (RuntimeError, ValueError) as e:
+            rows.append([*shape, name, "", "", f"{type(e).__name__}: {e}"[:200]])
+        finally:
+            os.environ.pop(PATH_ENV, None)
+        print(rows[-1], flush=True)
+    hx = (h0[None], h0[None]) if cell == "lstm" else h0[None]
+    xg = x.detach().requires_grad_()
+    try:
+        with torch.no_grad():
+            f = _median_ms(lambda: mod(x, hx), 5)
+        fb = _median_ms(lambda: mod(xg, hx)[0].backward(dy), 3)
+        rows.append([*shape, "torch(cudnn)", f, fb, ""])
+    except RuntimeError as e:
+        rows.append([*shape, "torch(cudnn)", "", "", str(e)[:200]])
+    print(rows[-1], flush=True)
+    return rows
+
+
+def run(out_path: str) -> None:
+    dev = torch.cuda.get_device_name()
+    rows = [r for case in CASES for r in _time_case(*case)]
+    with open(out_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        head = ["device", "cell", "T", "B", "I", "H", "dtype", "provider", "fwd_ms", "fwd_bwd_ms"]
+        w.writerow([*head, "note"])
+        w.writerows([dev, *r] for r in rows)
+
+
+def main(argv: list[str]) -> int:
+    if not torch.cuda.is_available():
+        print("bench_paths: no CUDA device; nothing to time", file=sys.stderr)
+        return 2
+    run(argv[0] if argv else "triton_paths.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
