@@ -18,6 +18,13 @@ SWEEPS = (("sweep-H", "H", "hidden size H"), ("sweep-B", "B", "batch size B"))
 PLOT_MODES = (("infer", "inference"), ("fwd_bwd", "forward+backward"))
 
 
+def _rank(provider: str) -> int:
+    from .cases import ALL_PROVIDER_NAMES
+
+    names = list(ALL_PROVIDER_NAMES)
+    return names.index(provider) if provider in names else len(names)
+
+
 def plot_run(rows: list[dict], out_dir: Path) -> list[Path]:
     """Draw the sweep plots of ``rows`` (CSV dicts of ONE run) into ``out_dir``; returns paths."""
     import matplotlib
@@ -43,23 +50,37 @@ def plot_run(rows: list[dict], out_dir: Path) -> list[Path]:
                 for r in sel:
                     if r["cell"] == cell and r["mode"] == mode and tag in r["tags"].split("+"):
                         lines[r["provider"]].append((int(r[key]), float(r["us_per_step"])))
-                for prov, pts in lines.items():
-                    pts.sort()
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=prov)
+                for prov in sorted(lines, key=_rank):
+                    pts = sorted(lines[prov])
+                    ax.plot(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        marker="o",
+                        label=prov,
+                        color=f"C{_rank(prov) % 10}",
+                    )  # one colour per provider everywhere
+                xs = sorted({x for pts in lines.values() for x, _ in pts})
+                if xs:
+                    ax.set_xticks(xs, [str(x) for x in xs])
+                    ax.minorticks_off()
                 fixed = [r for r in sel if r["cell"] == cell and tag in r["tags"].split("+")]
                 other = "B" if key == "H" else "H"
                 ctx = f"{other}={fixed[0][other]}, T={fixed[0]['T']}" if fixed else ""
                 ax.set_title(f"{cell.upper()} {mode_name} ({ctx})", fontsize=9)
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
+                if xs:
+                    ax.set_xticks(xs, [str(x) for x in xs], minor=False)
                 ax.set_xlabel(label)
                 ax.set_ylabel("µs per time step")
                 ax.grid(True, which="both", alpha=0.3)
                 if lines:
                     ax.legend(fontsize=7)
         first = sel[0]
+        load = f", load {first['loadavg']}" if first.get("loadavg") else ""
         fig.suptitle(
-            f"{first['device_name']}, {dtype}, torch {first['torch']}, commit {first['commit']}",
+            f"{first['device_name']}, {dtype}, torch {first['torch']}, "
+            f"{first['threads']} threads{load}, commit {first['commit']}",
             fontsize=10,
         )
         fig.tight_layout()

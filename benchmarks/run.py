@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = csv_rows(results, env)
     append_csv(args.out / "results.csv", rows)
-    plots = plot_run(rows, args.out)
+    try:
+        plots = plot_run(rows, args.out)
+    except ImportError as e:  # matplotlib is optional: the CSV and the table are the results
+        print(f"no plots: {e}")
+        plots = []
     md_path = args.out / f"latest_{args.device}.md"
     md_path.write_text(
         markdown(
