@@ -259,7 +259,8 @@ def estimate_seconds(case: Case, providers: tuple[str, ...], device: str, quick:
     fwd = flop / rate + steps * per_step
     total = 3 * flop / rate64 + steps * per_step * 3
     for name in providers:
-        slow = 10 if name == "reference" else 1  # a Python loop of small ops per step
+        # The reference backend is a Python loop of small ops per step: launch-bound on CUDA.
+        slow = (10 if device == "cuda" else 1.5) if name == "reference" else 1
         t_inf, t_train = fwd * slow, 3 * fwd * slow
         for t in (t_inf, t_train):
             total += max(cfg.target_s, cfg.min_reps * t) + cfg.warmup * t
