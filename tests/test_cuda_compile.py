@@ -56,10 +56,30 @@ def _nvcc_flags() -> list[str]:
 
 
 def _compile(src: Path, arch: str, out_dir: Path) -> tuple[int, str]:
-    obj = out_dir / f"{src.stem}_sm{arch}.o"
-    cmd = [NVCC, "-c", f"-arch=sm_{arch}", *_nvcc_flags(), "-o", str(obj), str(src)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    return r.returncode, r.stdout + r.stderr
+    """(exit status, nvcc + ptxas output) of compiling src for sm_<arch>.
+
+    A clean result is kept in build/cuda_emu/nvcc/, keyed by a hash of every csrc/cuda source,
+    the flags and nvcc's version, so an unchanged tree is not recompiled on every test run
+    (FUSED_RNN_TEST_NO_CACHE=1 forces the compile)."""
+    import hashlib
+
+    cmd = [NVCC, "-c", f"-arch=sm_{arch}", *_nvcc_flags(), "-o", str(out_dir / f"{src.stem}.o")]
+    version = subprocess.run([NVCC, "--version"], capture_output=True, text=True).stdout
+    digest = hashlib.sha256((" ".join(cmd[1:-2]) + version).encode())
+    for f in sorted(CUDA_SRC.glob("*")):
+        if f.is_file():
+            digest.update(f.name.encode() + f.read_bytes())
+    cache = (
+        ROOT / "build" / "cuda_emu" / "nvcc" / f"{src.stem}_sm{arch}_{digest.hexdigest()[:16]}.log"
+    )
+    if cache.exists() and os.environ.get("FUSED_RNN_TEST_NO_CACHE") != "1":
+        return 0, cache.read_text()
+    r = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=300)
+    log = r.stdout + r.stderr
+    if r.returncode == 0:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(log)
+    return r.returncode, log
 
 
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for 'sm_(\d+)'")
@@ -92,15 +112,21 @@ def _short_name(mangled: str) -> str:
     return name[: name.rfind("(")] if name.endswith(")") else name
 
 
+def _arch_dir(out: Path, arch: str) -> Path:
+    d = out / f"sm{arch}"
+    d.mkdir(exist_ok=True)
+    return d
+
+
 @pytest.fixture(scope="module")
 def nvcc_results(tmp_path_factory):
     if NVCC is None:
         pytest.skip("nvcc not found: the CUDA sources cannot be compile-checked on this machine")
     out = tmp_path_factory.mktemp("nvcc")
     jobs = [(src, arch) for src in CU_FILES for arch in ARCHS]
-    # Two at a time: the CI machine has two cores.
+    # Two at a time: the CI machine has two cores. Separate object folders per arch.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda job: _compile(job[0], job[1], out), jobs))
+        results = list(pool.map(lambda job: _compile(job[0], job[1], _arch_dir(out, job[1])), jobs))
     return {job: res for job, res in zip(jobs, results)}
 
 
