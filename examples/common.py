@@ -112,7 +112,20 @@ def add_common_args(p: argparse.ArgumentParser, *, epochs: int, batch_size: int,
         default=None,
         help="append a JSON line with the final metrics and timings to this file",
     )
+    g.add_argument(
+        "--time-budget",
+        type=float,
+        default=0,
+        help="stop after the epoch that passes this many minutes of training and "
+        "evaluation, then score the best epoch on test (0 = no limit)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    g.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="with --compare: also draw both loss curves into this PNG",
+    )
 
 
 def select_device(name: str) -> torch.device:
@@ -226,6 +239,7 @@ def fit(task: Task, args, device: torch.device) -> dict:
     )
     best_score, best_state, best_epoch = -math.inf, None, 0
     epoch_times, epoch_losses, dev_history = [], [], []
+    start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
         losses, dt = _timed_epoch(model, opt, task, epoch, args, device, f"epoch {epoch}")
         dev = _evaluate(task, model, task.dev_split)
@@ -243,6 +257,9 @@ def fit(task: Task, args, device: torch.device) -> dict:
         else:
             for group in opt.param_groups:
                 group["lr"] *= args.lr_decay
+        if args.time_budget and time.perf_counter() - start > 60 * args.time_budget:
+            print(f"time budget of {args.time_budget} min used up after epoch {epoch}", flush=True)
+            break
     model.load_state_dict(best_state)
     test = _evaluate(task, model, task.test_split)
     print(
@@ -256,7 +273,7 @@ def fit(task: Task, args, device: torch.device) -> dict:
         "device": str(device),
         "machine": machine(),
         "command": " ".join(sys.argv) if args.argv is None else " ".join(args.argv),
-        "epochs": args.epochs,
+        "epochs": len(epoch_times),
         "best_epoch": best_epoch,
         "sec_per_epoch": epoch_times,
         "train_loss": epoch_losses,
@@ -305,6 +322,8 @@ def compare(task: Task, args, device: torch.device) -> dict:
         print(f"{i + 1:>5} {a[i]:>11.5f} {b[i]:>11.5f} {abs(a[i] - b[i]):>9.2e}")
     diffs = [abs(x - y) for x, y in zip(a, b)]
     print(f"max |diff| over {len(a)} steps: {max(diffs):.3e}", flush=True)
+    if args.plot is not None:
+        plot_curves(runs, task.name, device, args.plot)
     out = {
         "task": task.name,
         "device": str(device),
@@ -318,6 +337,29 @@ def compare(task: Task, args, device: torch.device) -> dict:
         with open(args.results, "a") as f:
             f.write(json.dumps(out) + "\n")
     return out
+
+
+def plot_curves(runs: dict, title: str, device: torch.device, path: Path) -> None:
+    """Training loss per step of each run, one line per backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, run_ in runs.items():
+        sec = sum(run_["sec_per_epoch"]) / len(run_["sec_per_epoch"])
+        label = (
+            f"{name} ({sec:.1f} s/epoch)"
+            if name == "torch"
+            else f"fused_rnn {name} ({sec:.1f} s/epoch)"
+        )
+        ax.plot(range(1, len(run_["losses"]) + 1), run_["losses"], label=label, alpha=0.8)
+    ax.set(xlabel="step", ylabel="training loss", title=f"{title} on {device}: torch vs fused_rnn")
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
 
 
 def save_checkpoint(path: Path, task: Task, state_dict: dict, summary: dict) -> None:
