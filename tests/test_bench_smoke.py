@@ -17,7 +17,7 @@ from benchmarks.plot import plot_run
 from benchmarks.providers import Built, FusedProvider, Provider, TorchProvider
 from benchmarks.report import CSV_FIELDS, append_csv, csv_rows, environment, markdown
 from benchmarks.runner import MODES, run_grid
-from benchmarks.timing import TimingConfig
+from benchmarks.timing import Clock, Stats, TimingConfig, measure
 
 ONE_REP = TimingConfig(warmup=1, target_s=0.0, min_reps=1, max_reps=1)
 
@@ -200,3 +200,36 @@ def test_cli_dry_run_and_bad_arguments(capsys):
         bench_run.main(["--device", "cpu", "--cells", "rnn", "--dry-run"])
     with pytest.raises(ValueError, match="cell must be"):
         Case("rnn", 1, 1, 1, 1)
+
+
+def test_stats_and_measure_spans():
+    st = Stats.of([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (st.median_ms, st.min_ms, st.n) == (3.0, 1.0, 5)
+    assert 1.0 <= st.p20_ms <= st.median_ms <= st.p80_ms <= 5.0
+
+    class FakeClock(Clock):
+        """Marks are a counter advanced by the step itself (ms = difference)."""
+
+        def __init__(self):
+            super().__init__("cpu")
+            self.now = 0.0
+
+        def mark(self):
+            return self.now
+
+        def ms(self, a, b):
+            return b - a
+
+    clock = FakeClock()
+
+    def step(c):
+        m0 = c.mark()
+        c.now += 2.0  # "forward"
+        m1 = c.mark()
+        c.now += 3.0  # "backward"
+        return [m0, m1, c.mark()]
+
+    cfg = TimingConfig(warmup=2, target_s=10.0, min_reps=3, max_reps=7)
+    fwd, bwd, total = measure(step, clock, cfg, ((0, 1), (1, 2), (0, 2)))
+    assert (fwd.median_ms, bwd.median_ms, total.median_ms) == (2.0, 3.0, 5.0)
+    assert fwd.n == 7  # the fake step takes no wall time, so the loop is capped by max_reps
