@@ -158,8 +158,9 @@ def full_grid(device: str) -> list[Case]:
     """The full grid: every TARGETS.md shape, sweeps, stacks and IMDB batches.
 
     On CUDA: anchors (H=768 B=16 T=1024; fastrnns) in fp32/fp16/bf16 with every provider, then
-    IMDB batches, sweeps around (B=16, H=768, T=1024) and 2-layer bidirectional stacks in bf16
-    (the target dtype) without the costly providers: ~200 s by :func:`estimate_seconds`
+    IMDB batches, sweeps around (B=16, H=768, T=1024) and stacks (2 layers, bidirectional,
+    both) in bf16 (the target dtype) without the costly providers: ~225 s by
+    :func:`estimate_seconds`
     (``python -m benchmarks.run --device cuda --full --dry-run``), inside the 300 s budget.
     On CPU: fp32 only, sweeps around (B=16, H=256, T=128) without the largest points.
     """
@@ -196,21 +197,12 @@ def full_grid(device: str) -> list[Case]:
                 points.setdefault((base_B, base_H, T), []).append("sweep-T")
             for (B, H, T), tags in points.items():
                 cases.append(_cheap_only(Case(cell, B, T, H, H, dtype=dt, tags=tuple(tags))))
-            cases.append(
-                _cheap_only(
-                    Case(
-                        cell,
-                        base_B,
-                        base_T,
-                        base_H,
-                        base_H,
-                        layers=2,
-                        bidirectional=True,
-                        dtype=dt,
-                        tags=("stack",),
-                    )
-                )
-            )
+            # Stacked and bidirectional layers, apart and together (cuDNN's persistent kernel
+            # covers neither).
+            for layers, bidi in ((2, False), (1, True), (2, True)):
+                stack = Case(cell, base_B, base_T, base_H, base_H, layers=layers,
+                             bidirectional=bidi, dtype=dt, tags=("stack",))  # fmt: skip
+                cases.append(_cheap_only(stack))
     return _merge_duplicates(cases)
 
 
