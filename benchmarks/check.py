@@ -97,13 +97,15 @@ def make_inputs(case: Case, device: str, seed: int, data_dir=None) -> Inputs:
 
 
 def feed(case: Case, inputs: Inputs, x: torch.Tensor):
-    """What the module is called with: ``x`` itself, or x packed with the case's lengths."""
+    """What the module is called with: ``x`` (T, B, I) itself, or x packed with the case's
+    lengths (a PackedSequence, enforce_sorted=False as users call it)."""
     if case.varlen == "packed":
         return pack_padded_sequence(x, inputs.lengths, enforce_sorted=False)
     return x
 
 
 def state_of(h0, c0):
+    """nn.LSTM's ``hx`` (h0, c0) or nn.GRU's h0; each (L, B, H)."""
     return h0 if c0 is None else (h0, c0)
 
 
@@ -119,8 +121,10 @@ def call_once(
 ) -> dict[str, torch.Tensor]:
     """Run ``fn(input, hx)`` once; with ``train`` also backward with the fixed upstream grads.
 
-    Returns {"y", "h_n", ["c_n"], and with train "grad_x", "grad_h0", ["grad_c0"],
-    "grad_<param name>" for every parameter}; a gradient that never arrived is absent.
+    Returns {"y": (T, B, D*H) padded with zeros past each length, "h_n": (L, B, H),
+    ["c_n": (L, B, H)], and with train "grad_x": (T, B, I), "grad_h0": (L, B, H),
+    ["grad_c0": (L, B, H)], "grad_<param name>": the parameter's shape, for every parameter};
+    a gradient that never arrived is absent. ``params`` are cleared of gradients first.
     """
     x = inputs.x.detach().clone().requires_grad_(train)
     h0 = inputs.h0.detach().clone().requires_grad_(train)
