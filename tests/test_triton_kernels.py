@@ -103,16 +103,41 @@ def test_fp32_matches_float64_reference(monkeypatch, path, cell, case):
         assert torch.all(outs[0][pad] == 0)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_half_error_within_2x_reference(cell, dtype):
-    """In half precision the kernel's error against float64 is at most twice the reference
-    backend's error in the same dtype (it also keeps fp32 state and accumulation)."""
-    T, B, n_in, H, lengths, _ = CASES["T5-B5-I4-H20-len-nobias"]
+def _run_torch(cell, inputs, params, grads_in):
+    """nn.LSTM / nn.GRU (cuDNN on a GPU) in the inputs' dtype, full-length sequences: the
+    outputs and gradients in _run's layout."""
+    x, h0, c0 = (t.detach().requires_grad_() for t in inputs)
+    n_in, H = x.shape[2], h0.shape[1]
+    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(n_in, H).to(x.device, x.dtype)
+    with torch.no_grad():
+        for p, v in zip(mod.parameters(), params):
+            p.copy_(v)
+    dy, dhn, dcn = grads_in
+    if cell == "lstm":
+        y, (hn, cn) = mod(x, (h0[None], c0[None]))
+        outs, wrt = [y, hn[0], cn[0]], [x, h0, c0]
+        loss = (y * dy).sum() + (hn[0] * dhn).sum() + (cn[0] * dcn).sum()
+    else:
+        y, hn = mod(x, h0[None])
+        outs, wrt = [y, hn[0]], [x, h0]
+        loss = (y * dy).sum() + (hn[0] * dhn).sum()
+    grads = torch.autograd.grad(loss, wrt + list(mod.parameters()))
+    return [o.detach() for o in outs], list(grads)
+
+
+def _check_half(cell, dtype, T, B, n_in, H, lengths):
+    """In half precision the kernel's error against float64 is at most twice the baseline's
+    error in the same dtype. Baseline: on the CPU (the interpreter's dots run in fp32) the
+    reference backend, which keeps fp32 state and GEMMs; on a GPU, where the kernel rounds h
+    to the dtype for the tensor cores as cuDNN does, nn.LSTM / nn.GRU (full lengths)."""
     inputs, params, lens, grads_in = _case(cell, T, B, n_in, H, lengths, True, dtype)
     exact = _run(REF, cell, _f64(inputs), _f64(params), lens, _f64(grads_in))
     ours = _run(BE, cell, inputs, params, lens, grads_in)
-    base = _run(REF, cell, inputs, params, lens, grads_in)
+    if DEV == "cpu":
+        base = _run(REF, cell, inputs, params, lens, grads_in)
+    else:
+        assert lens is None, "nn.LSTM baseline runs full-length sequences"
+        base = _run_torch(cell, inputs, params, grads_in)
     for grp in range(2):
         for k, (o, b, e) in enumerate(zip(ours[grp], base[grp], exact[grp])):
             assert o.dtype == dtype and o.shape == e.shape
@@ -123,6 +148,13 @@ def test_half_error_within_2x_reference(cell, dtype):
             # output can land one ulp away from the reference's rounding.
             floor = torch.finfo(dtype).eps * e.abs().max().item()
             assert err <= 2 * ref_err + floor, f"{cell} {dtype} [{grp}][{k}]: {err} vs {ref_err}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_half_error_within_2x_reference(cell, dtype):
+    T, B, n_in, H, lengths, _ = CASES["T5-B5-I4-H20-len-nobias"]
+    _check_half(cell, dtype, T, B, n_in, H, lengths)
 
 
 def test_final_state_is_state_at_each_length():
@@ -168,6 +200,33 @@ def test_custom_ops_opcheck():
     torch.library.opcheck(ops.triton_gru_fwd, (xp3, w3, bias, lens, h0, True))
     _, hs3, gates3 = ops.triton_gru_fwd(xp3, w3, bias, lens, h0, True)
     torch.library.opcheck(ops.triton_gru_bwd, (w3, lens, gates3, hs3, dy, h0))
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("w_dtype", "w_hh has dtype"),
+        ("w_shape", r"w_hh has shape \(32, 7\)"),
+        ("lengths", "lengths has dtype"),
+        ("strided", "xp must be contiguous"),
+    ],
+)
+def test_custom_ops_reject_bad_arguments(bad, match):
+    """Raw-pointer kernels must never see a tensor of the wrong shape or layout."""
+    T, B, H = 3, 2, 8
+    xp, w = torch.randn(T, B, 4 * H, device=DEV), torch.randn(4 * H, H, device=DEV)
+    lens, h0 = torch.tensor([3, 2], device=DEV), torch.zeros(B, H, device=DEV)
+    if bad == "w_dtype":
+        w = w.half()
+    elif bad == "w_shape":
+        w = torch.randn(4 * H, 7, device=DEV)
+    elif bad == "lengths":
+        lens = lens.int()
+    else:
+        xp = torch.randn(B, T, 4 * H, device=DEV).transpose(0, 1)
+    bias = torch.zeros(4 * H, device=DEV)
+    with pytest.raises(ValueError, match=match):
+        torch.ops.fused_rnn.triton_lstm_fwd(xp, w, bias, lens, h0, h0, True)
 
 
 def test_torch_compile_fullgraph_traces_the_ops():
@@ -254,6 +313,18 @@ def test_gpu_full_shape_fp32(monkeypatch, path, cell):
     r_outs, r_grads = _run(REF, cell, _f64(inputs), _f64(params), lens, _f64(grads_in))
     _compare(outs, r_outs, 1e-4, 1e-4, f"{cell} outputs")
     _compare(grads, r_grads, 1e-3, 1e-4, f"{cell} grads")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", [None, *common.PATHS])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gpu_anchor_shape_bf16(monkeypatch, path, cell):
+    """The TARGETS.md shape (H=768 B=16, shortened to T=64) in bf16 on every path that can run
+    it (resident: H=512, where both directions hold W_hh on chip), against cuDNN's error."""
+    if path is not None:
+        monkeypatch.setenv(common.PATH_ENV, path)
+    H = 512 if path == "resident" else 768
+    _check_half(cell, torch.bfloat16, 64, 16, 768, H, None)
 
 
 @pytest.mark.gpu

@@ -94,8 +94,9 @@ class TritonBackend:
         H = w_hh.shape[1]
         bias = _fp32(b_ih, 4 * H, x) + _fp32(b_hh, 4 * H, x)
         lens = _lengths(lengths, T, B, x.device)
+        w_hh = w_hh.contiguous()
         y, hs, cs, gates = _lstm.lstm_recurrence_fwd(
-            _projection(x, w_ih), w_hh, bias, lens, h0, c0, need_saved
+            _projection(x, w_ih), w_hh, bias, lens, h0.contiguous(), c0.contiguous(), need_saved
         )
         S = hs.shape[0]
         hn, cn = hs[T % S].to(x.dtype), cs[T % S].to(x.dtype)
@@ -118,8 +119,8 @@ class TritonBackend:
         # r and z take both biases; n keeps b_in outside and b_hn inside r * (...)
         bias = torch.cat([b_i[: 2 * H] + b_h[: 2 * H], b_i[2 * H :], b_h[2 * H :]])
         lens = _lengths(lengths, T, B, x.device)
-        xp = _projection(x, w_ih)
-        y, hs, gates = _gru.gru_recurrence_fwd(xp, w_hh, bias, lens, h0, need_saved)
+        xp, w_hh = _projection(x, w_ih), w_hh.contiguous()
+        y, hs, gates = _gru.gru_recurrence_fwd(xp, w_hh, bias, lens, h0.contiguous(), need_saved)
         hn = hs[T % hs.shape[0]].to(x.dtype)
         saved = (x, w_ih, w_hh, b_ih, b_hh, lens, gates, hs) if need_saved else ()
         return y, hn, saved

@@ -320,6 +320,27 @@ def shipped_gpu_configs() -> list[tuple[bool, torch.dtype, Config]]:
     return sorted(out, key=str)
 
 
+F32 = (torch.float32,)
+I64 = (torch.int64,)
+HALF_OR_F32 = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_args(op: str, *specs: tuple) -> None:
+    """Raise ValueError naming ``op`` unless every (name, tensor, shape, dtypes) spec holds:
+    exactly that shape (the kernels index raw pointers), contiguous, on the first tensor's
+    device, and dtype in ``dtypes`` (a tuple; None accepts any)."""
+    dev = specs[0][1].device
+    for name, t, shape, dtypes in specs:
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        if dtypes is not None and t.dtype not in dtypes:
+            raise ValueError(f"{op}: {name} has dtype {t.dtype}, expected one of {dtypes}")
+        if t.device != dev:
+            raise ValueError(f"{op}: {name} is on {t.device}, the others on {dev}")
+        if not t.is_contiguous():
+            raise ValueError(f"{op}: {name} must be contiguous")
+
+
 def run_recurrence(
     kernel, cfg: Config, B: int, H: int, args: tuple, t_first: int, n_iter: int, step: int
 ):

@@ -18,6 +18,10 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
+    F32,
+    HALF_OR_F32,
+    I64,
+    check_args,
     choose_config,
     dg_tile,
     grid_barrier,
@@ -210,13 +214,21 @@ def gru_recurrence_fwd(
     """
     T, B, G3 = xp.shape
     H = G3 // 3
+    check_args(
+        "triton_gru_fwd",
+        ("xp", xp, (T, B, 3 * H), HALF_OR_F32),
+        ("w_hh", w_hh, (3 * H, H), (xp.dtype,)),
+        ("bias", bias, (4 * H,), F32),
+        ("lengths", lengths, (B,), I64),
+        ("h0", h0, (B, H), None),
+    )
     S = T + 1 if save else 2
     hs = xp.new_empty((S, B, H), dtype=torch.float32)
     hs[0] = h0
     y = xp.new_empty((T, B, H))
     gates = xp.new_empty((T, B, 4 * H) if save else (0,), dtype=torch.float32)
     cfg = choose_config(False, B, H, xp.dtype, xp.device)
-    args = (xp, w_hh.contiguous(), bias, lengths, hs, y, gates, B, H, S, int(save))
+    args = (xp, w_hh, bias, lengths, hs, y, gates, B, H, S, int(save))
     run_recurrence(_gru_fwd_kernel, cfg, B, H, args, 0, T, 1)
     return y, hs, gates
 
@@ -240,12 +252,21 @@ def gru_recurrence_bwd(
     sequence's end), and dh0 (B, H)."""
     T, B, G4 = gates.shape
     H = G4 // 4
+    check_args(
+        "triton_gru_bwd",
+        ("gates", gates, (T, B, 4 * H), F32),
+        ("w_hh", w_hh, (3 * H, H), HALF_OR_F32),
+        ("lengths", lengths, (B,), I64),
+        ("hs", hs, (T + 1, B, H), F32),
+        ("dy", dy, (T, B, H), None),
+        ("dhn", dhn, (B, H), None),
+    )
     dg = torch.empty_like(gates)
     dhs = gates.new_empty((2, B, H))
     dhs[T % 2] = dhn
     dh0 = torch.empty_like(dhs[0])
     cfg = choose_config(True, B, H, w_hh.dtype, gates.device)
-    args = (w_hh.contiguous(), lengths, gates, hs, dy, dg, dhs, dh0, B, H, T)
+    args = (w_hh, lengths, gates, hs, dy, dg, dhs, dh0, B, H, T)
     run_recurrence(_gru_bwd_kernel, cfg, B, H, args, T - 1, T + 1, -1)
     return dg, dh0
 

@@ -19,6 +19,10 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
+    F32,
+    HALF_OR_F32,
+    I64,
+    check_args,
     choose_config,
     dg_tile,
     grid_barrier,
@@ -227,6 +231,15 @@ def lstm_recurrence_fwd(
     """
     T, B, G4 = xp.shape
     H = G4 // 4
+    check_args(
+        "triton_lstm_fwd",
+        ("xp", xp, (T, B, 4 * H), HALF_OR_F32),
+        ("w_hh", w_hh, (4 * H, H), (xp.dtype,)),
+        ("bias", bias, (4 * H,), F32),
+        ("lengths", lengths, (B,), I64),
+        ("h0", h0, (B, H), None),
+        ("c0", c0, (B, H), None),
+    )
     S = T + 1 if save else 2
     hs = xp.new_empty((S, B, H), dtype=torch.float32)
     cs = torch.empty_like(hs)
@@ -235,7 +248,7 @@ def lstm_recurrence_fwd(
     y = xp.new_empty((T, B, H))
     gates = xp.new_empty((T, B, G4) if save else (0,), dtype=torch.float32)
     cfg = choose_config(False, B, H, xp.dtype, xp.device)
-    args = (xp, w_hh.contiguous(), bias, lengths, hs, cs, y, gates, B, H, S, int(save))
+    args = (xp, w_hh, bias, lengths, hs, cs, y, gates, B, H, S, int(save))
     run_recurrence(_lstm_fwd_kernel, cfg, B, H, args, 0, T, 1)
     return y, hs, cs, gates
 
@@ -259,6 +272,16 @@ def lstm_recurrence_bwd(
     sequence's end), dh0 (B, H) and dc0 (B, H)."""
     T, B, G4 = gates.shape
     H = G4 // 4
+    check_args(
+        "triton_lstm_bwd",
+        ("gates", gates, (T, B, 4 * H), F32),
+        ("w_hh", w_hh, (4 * H, H), HALF_OR_F32),
+        ("lengths", lengths, (B,), I64),
+        ("cs", cs, (T + 1, B, H), F32),
+        ("dy", dy, (T, B, H), None),
+        ("dhn", dhn, (B, H), None),
+        ("dcn", dcn, (B, H), None),
+    )
     dg = torch.empty_like(gates)
     dhs = gates.new_empty((2, B, H))
     dcs = torch.empty_like(dhs)
@@ -266,7 +289,7 @@ def lstm_recurrence_bwd(
     dcs[T % 2] = dcn
     dh0 = torch.empty_like(dhs[0])
     cfg = choose_config(True, B, H, w_hh.dtype, gates.device)
-    args = (w_hh.contiguous(), lengths, gates, cs, dy, dg, dhs, dcs, dh0, B, H, T)
+    args = (w_hh, lengths, gates, cs, dy, dg, dhs, dcs, dh0, B, H, T)
     run_recurrence(_lstm_bwd_kernel, cfg, B, H, args, T - 1, T + 1, -1)
     return dg, dh0, dcs[0].clone()
 
