@@ -251,8 +251,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd(
   p.c = c.data_ptr();
   p.lengths = lengths_ptr(lengths);
   for (int64_t t = 0; t < T; ++t) {
-    at::addmm_out(pre, xp.select(0, t), h, w_hh_t);  // pre = xp[t] + h_{t-1} W_hh^T
+    // pre = h_{t-1} W_hh^T; the kernel adds xp[t] (one launch fewer than addmm's copy + GEMM).
+    at::mm_out(pre, h, w_hh_t);
     p.t = static_cast<int>(t);
+    p.xp_t = at_step(xp, t);
     p.y_t = at_step(y, t);
     p.gates_t = need_saved ? at_step(gates, t) : nullptr;
     p.cs_t = need_saved ? at_step(cs, t) : nullptr;
@@ -357,12 +359,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd(const Tensor& x, const Tensor
   p.gh = gh.data_ptr();
   p.h = h.data_ptr();
   p.lengths = lengths_ptr(lengths);
+  p.b_hh = b_hh_a.defined() ? b_hh_a.data_ptr() : nullptr;
   for (int64_t t = 0; t < T; ++t) {
-    if (b_hh_a.defined()) {
-      at::addmm_out(gh, b_hh_a, h, w_hh_t);  // gh = b_hh + h_{t-1} W_hh^T (bias broadcast)
-    } else {
-      at::mm_out(gh, h, w_hh_t);
-    }
+    at::mm_out(gh, h, w_hh_t);  // gh = h_{t-1} W_hh^T; the kernel adds b_hh
     p.t = static_cast<int>(t);
     p.xp_t = at_step(xp, t);
     p.y_t = at_step(y, t);

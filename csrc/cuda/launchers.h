@@ -34,7 +34,8 @@ enum class DType : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
 struct LstmFwdStep {
   DType io;
   int B, H, t;
-  const void* pre;    // (B, 4H) acc: x[t] W_ih^T + b_ih + b_hh + h W_hh^T
+  const void* xp_t;   // (B, 4H) acc: x[t] W_ih^T + b_ih + b_hh
+  const void* pre;    // (B, 4H) acc: h_{t-1} W_hh^T
   void* h;            // (B, H) acc, in/out: h_{t-1} in, h_t out (frozen where invalid)
   void* c;            // (B, H) acc, in/out: c_{t-1} in, c_t out (frozen where invalid)
   void* y_t;          // (B, H) io: y[t]
@@ -61,7 +62,8 @@ struct GruFwdStep {
   DType io;
   int B, H, t;
   const void* xp_t;  // (B, 3H) acc: x[t] W_ih^T + b_ih
-  const void* gh;    // (B, 3H) acc: h_{t-1} W_hh^T + b_hh
+  const void* gh;    // (B, 3H) acc: h_{t-1} W_hh^T
+  const void* b_hh;  // (3H,) acc or null
   void* h;           // (B, H) acc, in/out
   void* y_t;         // (B, H) io
   void* gates_t;     // (B, 3H) acc: r, z, n of step t; null = not saved

@@ -33,12 +33,14 @@ FR_HD void lstm_fwd_elem(const LstmFwdStep& p, int b, int j) {
     }
     return;
   }
+  const A* xp = static_cast<const A*>(p.xp_t);
   const A* pre = static_cast<const A*>(p.pre);
   A* hs = static_cast<A*>(p.h);
   A* cs = static_cast<A*>(p.c);
   LstmGates<A> gt;
   A c, h;
-  lstm_unit_fwd(pre[g], pre[g + H], pre[g + 2 * H], pre[g + 3 * H], cs[s], gt, c, h);
+  lstm_unit_fwd(xp[g] + pre[g], xp[g + H] + pre[g + H], xp[g + 2 * H] + pre[g + 2 * H],
+                xp[g + 3 * H] + pre[g + 3 * H], cs[s], gt, c, h);
   cs[s] = c;
   hs[s] = h;
   static_cast<T*>(p.y_t)[s] = from_acc<T>(h);
@@ -95,11 +97,14 @@ FR_HD void gru_fwd_elem(const GruFwdStep& p, int b, int j) {
   }
   const A* xp = static_cast<const A*>(p.xp_t);
   const A* gh = static_cast<const A*>(p.gh);
+  const A* bh = static_cast<const A*>(p.b_hh);
   A* hs = static_cast<A*>(p.h);
   GruGates<A> gt;
   A h;
-  const A ghn = gh[g + 2 * H];
-  gru_unit_fwd(xp[g], xp[g + H], xp[g + 2 * H], gh[g], gh[g + H], ghn, hs[s], gt, h);
+  const A ghr = gh[g] + (bh != nullptr ? bh[j] : A(0));
+  const A ghz = gh[g + H] + (bh != nullptr ? bh[j + H] : A(0));
+  const A ghn = gh[g + 2 * H] + (bh != nullptr ? bh[j + 2 * H] : A(0));
+  gru_unit_fwd(xp[g], xp[g + H], xp[g + 2 * H], ghr, ghz, ghn, hs[s], gt, h);
   hs[s] = h;
   static_cast<T*>(p.y_t)[s] = from_acc<T>(h);
   if (gates != nullptr) {
