@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("triton")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _compile(*flags: str) -> list[str]:
@@ -24,6 +26,7 @@ def _compile(*flags: str) -> list[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "fused_rnn.triton.aot", *flags],
         env=env,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=1800,
@@ -35,7 +38,9 @@ def _compile(*flags: str) -> list[str]:
 def _expected(everything: bool) -> int:
     code = f"from fused_rnn.triton import aot; print(len(aot.jobs({everything})))"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     return int(out.stdout)
 
