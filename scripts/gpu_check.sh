@@ -112,12 +112,15 @@ for cell, T, B, I, H, dt in CASES:
             ops.lstm_bwd(x, h0, c0, w_ih, w_hh, o[0], o[3], o[4], None, dy, dh, dh)
         else:
             ops.gru_bwd(x, h0, w_ih, w_hh, o[0], o[2], o[3], None, dy, dh)
-    variants = [("general", "0"), ("persistent", "0")]
+    # (forward path, tensor cores, backward path)
+    variants = [("general", "0", "general"), ("persistent", "0", "general"),
+                ("persistent", "0", "persistent")]
     if dt != torch.float32:
-        variants.append(("persistent", "1"))  # tensor-core matvec
-    for path, mma in variants:
+        variants.append(("persistent", "1", "persistent"))  # tensor-core matvec
+    for path, mma, bwd in variants:
         os.environ["FUSED_RNN_CUDA_PATH"], os.environ["FUSED_RNN_CUDA_MMA"] = path, mma
-        name = f"cuda-{path}" + ("-mma" if mma == "1" else "")
+        os.environ["FUSED_RNN_CUDA_BWD"] = bwd
+        name = f"cuda-{path}" + ("-mma" if mma == "1" else "") + f"-bwd_{bwd}"
         try:
             f = timed(lambda: fwd(False), 5)
             fb = timed(fwd_bwd, 3)
@@ -125,6 +128,7 @@ for cell, T, B, I, H, dt in CASES:
         except RuntimeError as e:
             rows.append([cell, T, B, I, H, str(dt)[6:], name, "", "", str(e)[:200]])
     os.environ["FUSED_RNN_CUDA_PATH"], os.environ["FUSED_RNN_CUDA_MMA"] = "auto", "0"
+    os.environ["FUSED_RNN_CUDA_BWD"] = "general"
     mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H).to("cuda", dt)
     hx = (h0[None], c0[None]) if cell == "lstm" else h0[None]
     try:

@@ -37,9 +37,9 @@ ARCHS = ("80", "90")
 NVCC = shutil.which("nvcc") or (
     "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
 )
-# Kernels each file must contain per arch: 4 step kernels x 4 dtypes; 2 cells x (3 dtypes on
-# CUDA cores + 2 on tensor cores).
-EXPECTED_KERNELS = {"pointwise.cu": 16, "persistent.cu": 10}
+# Kernels each file must contain per arch: 4 step kernels x 4 dtypes; forward: 2 cells x (3
+# dtypes on CUDA cores + 2 on tensor cores); backward: 2 cells x 3 dtypes.
+EXPECTED_KERNELS = {"pointwise.cu": 16, "persistent.cu": 10, "persistent_bwd.cu": 6}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -516,6 +516,12 @@ def test_emulated_ops_reject_bad_input(emu, monkeypatch):
     monkeypatch.setenv("FUSED_RNN_CUDA_PATH", "fastest")
     with pytest.raises(RuntimeError, match="auto, general or persistent"):
         emu.lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, True)
+    monkeypatch.setenv("FUSED_RNN_CUDA_PATH", "general")
+    y, _, _, gates, cs = emu.lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, True)
+    for value, message in [("persistent", "not emulated"), ("fast", "general or persistent")]:
+        monkeypatch.setenv("FUSED_RNN_CUDA_BWD", value)
+        with pytest.raises(RuntimeError, match=message):
+            emu.lstm_bwd(x, h0, c0, w_ih, w_hh, y, gates, cs, None, dy, dhn, dcn)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -621,9 +627,10 @@ def _cuda_ops():
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("T,B,I,H,lens", GPU_CASES)
 def test_gpu_persistent_and_general_agree(monkeypatch, cell, dtype, mma, T, B, I, H, lens):  # noqa: E741
-    """Forward of both paths, and the backward op fed with each path's saved activations: the
-    two agree with each other, and with float64 nn.LSTM / nn.GRU (gradients: float32 only; the
-    half-precision gradients are judged by the parity suite's 2x-of-torch criterion)."""
+    """Forward of both paths, the general backward fed with each path's saved activations and
+    the persistent backward: all agree with each other, and with float64 nn.LSTM / nn.GRU
+    (gradients: float32 only; the half-precision gradients are judged by the parity suite's
+    2x-of-torch criterion)."""
     ops = _cuda_ops()
     if mma == "1" and dtype == torch.float32:
         pytest.skip("the tensor-core variant is for float16 / bfloat16 only")
@@ -645,10 +652,28 @@ def test_gpu_persistent_and_general_agree(monkeypatch, cell, dtype, mma, T, B, I
             y, _, gates, ghn = out
             g = ops.gru_bwd(xg, h0g, w_ih, w_hh, y, gates, ghn, lengths, dyg, dhng)
         fwd[path], grads[path] = out, g
+    # The persistent backward (opt-in), fed with the general forward's saved activations. It
+    # may not fit (LSTM fp32 at H=1024: W_hh columns + 8 rows of dgh exceed shared memory).
+    monkeypatch.setenv("FUSED_RNN_CUDA_BWD", "persistent")
+    y, *_ = fwd["general"]
+    try:
+        if cell == "lstm":
+            _, _, _, gates, cs = fwd["general"]
+            g_pb = ops.lstm_bwd(xg, h0g, c0g, w_ih, w_hh, y, gates, cs, lengths, dyg, dhng, dcng)
+        else:
+            _, _, gates, ghn = fwd["general"]
+            g_pb = ops.gru_bwd(xg, h0g, w_ih, w_hh, y, gates, ghn, lengths, dyg, dhng)
+    except RuntimeError as e:
+        if "cannot run this case" not in str(e):
+            raise
+        g_pb = ()
+    monkeypatch.setenv("FUSED_RNN_CUDA_BWD", "general")
     torch.cuda.synchronize()
     tol = GPU_TOL[dtype]
     # The two paths: same inputs, fp32 state; only the order of the recurrent sums differs.
     for a, b in zip(fwd["general"] + grads["general"], fwd["persistent"] + grads["persistent"]):
+        torch.testing.assert_close(b.float(), a.float(), **tol)
+    for a, b in zip(grads["general"], g_pb):  # persistent backward vs general backward
         torch.testing.assert_close(b.float(), a.float(), **tol)
     # Against float64 on the CPU, from the same (dtype-rounded) inputs.
     cpu = [t.double().cpu() for t in (xg, h0g, c0g, w_ih, w_hh, b_ih, b_hh, dyg, dhng, dcng)]

@@ -4,17 +4,19 @@
 // Forward: the input projection of all T steps is one GEMM. Then either the persistent kernel
 // (persistent.cu: all steps in one cooperative launch) or, when that cannot run, the general
 // path: per step one recurrent GEMM + one fused pointwise kernel (pointwise.cu).
-// Backward (general path only): per step, in reverse time, one fused pointwise kernel + one
-// GEMM for the gradient w.r.t. h_{t-1}; dx, dW_ih, dW_hh and the bias gradients are single
-// GEMMs / reductions over all steps after the loop.
+// Backward: per step, in reverse time, one fused pointwise kernel + one GEMM for the gradient
+// w.r.t. h_{t-1} (or, opt-in, the persistent backward kernel for all steps); then dx, dW_ih,
+// dW_hh and the bias gradients are single GEMMs / reductions over all steps.
 //
 // Precision: states, saved activations and all GEMM outputs are in the acc dtype (float for
 // fp16 / bf16 / fp32 inputs, double for fp64). fp16 / bf16 input projections use cuBLAS with
 // fp32 output (at::mm out_dtype); the other GEMMs run on acc copies of their operands.
 //
-// Path choice: env FUSED_RNN_CUDA_PATH = auto (default) | general | persistent; "persistent"
-// raises instead of falling back, so tests can tell which path ran. FUSED_RNN_CUDA_MMA=1 puts
-// the persistent kernel's matvec on tensor cores (fp16 / bf16; see tensor_cores_requested).
+// Path choice: env FUSED_RNN_CUDA_PATH = auto (default) | general | persistent picks the forward;
+// "persistent" raises instead of falling back, so tests can tell which path ran.
+// FUSED_RNN_CUDA_MMA=1 puts the persistent forward's matvec on tensor cores (fp16 / bf16), and
+// FUSED_RNN_CUDA_BWD=persistent runs the persistent backward (persistent_bwd.cu); both opt-in
+// until they have passed on a GPU.
 //
 // FUSED_RNN_CUDA_EMULATE (tests only): builds this file with the CPU torch, no CUDA: the
 // launchers come from emulation/host_launchers.cpp (the same element functions run on the host),
@@ -193,6 +195,57 @@ bool try_persistent(cuda::PersistentFwd p, const Tensor& x) {
 #endif
 }
 
+// FUSED_RNN_CUDA_BWD = general (default) | persistent. The persistent backward is opt-in until
+// it has passed the GPU tests; when asked for, a case it cannot run raises.
+bool persistent_bwd_requested(at::ScalarType io) {
+  const char* v = std::getenv("FUSED_RNN_CUDA_BWD");
+  const std::string s = v == nullptr ? "" : v;
+  if (s.empty() || s == "general") return false;
+  TORCH_CHECK(s == "persistent", "FUSED_RNN_CUDA_BWD must be general or persistent, got '", s,
+              "'");
+#ifdef FUSED_RNN_CUDA_EMULATE
+  TORCH_CHECK(false, "fused_rnn (cuda emulation): the persistent backward is not emulated");
+#endif
+  TORCH_CHECK(io != at::kDouble,
+              "fused_rnn (cuda): FUSED_RNN_CUDA_BWD=persistent, but fp64 has no persistent path");
+  return true;
+}
+
+// Arguments of the persistent backward shared by both cells (the caller sets the cell-specific
+// ones). dgh (T, B, G*H) and dh (B, H) are float outputs.
+cuda::PersistentBwd persistent_bwd_args(cuda::Cell cell, const Tensor& x, const Tensor& w_hh,
+                                        const Tensor& gates, const Tensor& saved2,
+                                        const Tensor& dy, const Tensor& dhn,
+                                        const OptTensor& lengths, Tensor& dgh, Tensor& dh) {
+  cuda::PersistentBwd p{};
+  p.cell = cell;
+  p.io = io_code(x.scalar_type());
+  p.T = static_cast<int>(x.size(0));
+  p.B = static_cast<int>(x.size(1));
+  p.H = static_cast<int>(w_hh.size(1));
+  p.w_hh = w_hh.data_ptr();
+  p.gates = gates.data_ptr<float>();
+  p.saved2 = saved2.data_ptr<float>();
+  p.dy = dy.data_ptr();
+  p.dhn = dhn.data_ptr();
+  p.lengths = lengths_ptr(lengths);
+  p.dgh = dgh.data_ptr<float>();
+  p.dh0 = dh.data_ptr<float>();
+  return p;
+}
+
+void run_persistent_bwd(const cuda::PersistentBwd& p, const Tensor& x) {
+#ifdef FUSED_RNN_CUDA_EMULATE
+  (void)p;
+  (void)x;
+#else
+  const cuda::LaunchResult r =
+      cuda::launch_persistent_bwd(p, static_cast<int>(x.device().index()), stream_of(x));
+  TORCH_CHECK(r.status == cuda::Status::kOk, "fused_rnn (cuda): persistent backward ",
+              r.status == cuda::Status::kError ? "failed: " : "cannot run this case: ", r.message);
+#endif
+}
+
 Tensor saved_or_empty(bool need, at::IntArrayRef sizes, const Tensor& x) {
   const auto opts = x.options().dtype(acc_dtype(x.scalar_type()));
   return need ? at::empty(sizes, opts) : at::empty({0}, opts);
@@ -283,28 +336,37 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bwd(
   DeviceGuard guard(x.device());
   at::NoGradGuard no_grad;
 
-  const Tensor w_hh_a = w_hh.to(acc);  // (4H, H)
   const Tensor c0_a = c0.to(acc).contiguous();
   Tensor dh = dhn.to(acc, /*non_blocking=*/false, /*copy=*/true);
   Tensor dc = dcn.to(acc, /*non_blocking=*/false, /*copy=*/true);
   Tensor dpre = at::empty({T, B, 4 * H}, x.options().dtype(acc));
-  void* stream = stream_of(x);
-  cuda::LstmBwdStep p{};
-  p.io = io_code(io);
-  p.B = static_cast<int>(B);
-  p.H = static_cast<int>(H);
-  p.dh = dh.data_ptr();
-  p.dc = dc.data_ptr();
-  p.lengths = lengths_ptr(lengths);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    p.t = static_cast<int>(t);
-    p.gates_t = at_step(gates, t);
-    p.cs_t = at_step(cs, t);
-    p.c_prev = t > 0 ? at_step(cs, t - 1) : c0_a.data_ptr();
-    p.dy_t = at_step(dy, t);
-    p.dpre_t = at_step(dpre, t);
-    check_launch(cuda::launch_lstm_bwd_step(p, stream), "lstm backward step");
-    dh.addmm_(dpre.select(0, t), w_hh_a);  // dL/dh_{t-1} += dpre_t W_hh
+  if (persistent_bwd_requested(io)) {
+    cuda::PersistentBwd pb =
+        persistent_bwd_args(cuda::Cell::kLstm, x, w_hh, gates, cs, dy, dhn, lengths, dpre, dh);
+    pb.c0 = c0_a.data_ptr<float>();
+    pb.dcn = dcn.data_ptr();
+    pb.dc0 = dc.data_ptr<float>();
+    run_persistent_bwd(pb, x);
+  } else {
+    const Tensor w_hh_a = w_hh.to(acc);  // (4H, H)
+    void* stream = stream_of(x);
+    cuda::LstmBwdStep p{};
+    p.io = io_code(io);
+    p.B = static_cast<int>(B);
+    p.H = static_cast<int>(H);
+    p.dh = dh.data_ptr();
+    p.dc = dc.data_ptr();
+    p.lengths = lengths_ptr(lengths);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      p.t = static_cast<int>(t);
+      p.gates_t = at_step(gates, t);
+      p.cs_t = at_step(cs, t);
+      p.c_prev = t > 0 ? at_step(cs, t - 1) : c0_a.data_ptr();
+      p.dy_t = at_step(dy, t);
+      p.dpre_t = at_step(dpre, t);
+      check_launch(cuda::launch_lstm_bwd_step(p, stream), "lstm backward step");
+      dh.addmm_(dpre.select(0, t), w_hh_a);  // dL/dh_{t-1} += dpre_t W_hh
+    }
   }
 
   const Tensor dpre2 = dpre.view({T * B, 4 * H});
@@ -392,27 +454,36 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(
   DeviceGuard guard(x.device());
   at::NoGradGuard no_grad;
 
-  const Tensor w_hh_a = w_hh.to(acc);  // (3H, H)
   Tensor dh = dhn.to(acc, /*non_blocking=*/false, /*copy=*/true);
   Tensor dxp = at::empty({T, B, 3 * H}, x.options().dtype(acc));
   Tensor dgh = at::empty({T, B, 3 * H}, x.options().dtype(acc));
-  void* stream = stream_of(x);
-  cuda::GruBwdStep p{};
-  p.io = io_code(io);
-  p.B = static_cast<int>(B);
-  p.H = static_cast<int>(H);
-  p.dh = dh.data_ptr();
-  p.lengths = lengths_ptr(lengths);
-  for (int64_t t = T - 1; t >= 0; --t) {
-    p.t = static_cast<int>(t);
-    p.gates_t = at_step(gates, t);
-    p.ghn_t = at_step(ghn, t);
-    p.h_prev = t > 0 ? at_step(y, t - 1) : h0.data_ptr();
-    p.dy_t = at_step(dy, t);
-    p.dxp_t = at_step(dxp, t);
-    p.dgh_t = at_step(dgh, t);
-    check_launch(cuda::launch_gru_bwd_step(p, stream), "gru backward step");
-    dh.addmm_(dgh.select(0, t), w_hh_a);  // dL/dh_{t-1} = dh * z + dgh_t W_hh
+  if (persistent_bwd_requested(io)) {
+    cuda::PersistentBwd pb =
+        persistent_bwd_args(cuda::Cell::kGru, x, w_hh, gates, ghn, dy, dhn, lengths, dgh, dh);
+    pb.h0 = h0.data_ptr();
+    pb.y = y.data_ptr();
+    pb.dxp = dxp.data_ptr<float>();
+    run_persistent_bwd(pb, x);
+  } else {
+    const Tensor w_hh_a = w_hh.to(acc);  // (3H, H)
+    void* stream = stream_of(x);
+    cuda::GruBwdStep p{};
+    p.io = io_code(io);
+    p.B = static_cast<int>(B);
+    p.H = static_cast<int>(H);
+    p.dh = dh.data_ptr();
+    p.lengths = lengths_ptr(lengths);
+    for (int64_t t = T - 1; t >= 0; --t) {
+      p.t = static_cast<int>(t);
+      p.gates_t = at_step(gates, t);
+      p.ghn_t = at_step(ghn, t);
+      p.h_prev = t > 0 ? at_step(y, t - 1) : h0.data_ptr();
+      p.dy_t = at_step(dy, t);
+      p.dxp_t = at_step(dxp, t);
+      p.dgh_t = at_step(dgh, t);
+      check_launch(cuda::launch_gru_bwd_step(p, stream), "gru backward step");
+      dh.addmm_(dgh.select(0, t), w_hh_a);  // dL/dh_{t-1} = dh * z + dgh_t W_hh
+    }
   }
 
   const Tensor dxp2 = dxp.view({T * B, 3 * H});

@@ -130,5 +130,35 @@ struct LaunchResult {
 // runs the general path. `device` is the CUDA ordinal the stream belongs to.
 LaunchResult launch_persistent_fwd(const PersistentFwd& p, int device, void* stream);
 
+// ---------------------------------------------------------------------------------------------
+// Persistent path (backward): one cooperative kernel runs the reverse-time recurrence and writes
+// the pre-activation gradients of all steps; each block keeps the COLUMNS of W_hh of its hidden
+// units in shared memory; dgh[t] doubles as the exchange buffer between steps. Same
+// applicability rules and results as launch_persistent_fwd.
+// ---------------------------------------------------------------------------------------------
+
+struct PersistentBwd {
+  Cell cell;
+  DType io;            // kF32, kF16 or kBF16
+  int T, B, H;
+  const void* w_hh;    // (G*H, H) io
+  const float* gates;  // (T, B, G*H) float: the forward's saved activations
+  const float* saved2;  // LSTM: cs (T, B, H); GRU: ghn (T, B, H); float
+  const float* c0;     // LSTM: (B, H) float (c0 converted); GRU: null
+  const void* h0;      // GRU: (B, H) io (h_prev at t = 0); LSTM: null
+  const void* y;       // GRU: (T, B, H) io (y[t-1] is h_prev at t > 0); LSTM: null
+  const void* dy;      // (T, B, H) io (ignored where invalid)
+  const void* dhn;     // (B, H) io
+  const void* dcn;     // LSTM: (B, H) io; GRU: null
+  const int64_t* lengths;  // (B,) or null
+  float* dgh;          // out (T, B, G*H): gradient of h_{t-1} W_hh^T (+ b_hh) per step (LSTM:
+                       // of all 4H pre-activations); 0 where invalid. Also read by the kernel.
+  float* dxp;          // GRU out (T, B, 3H): gradient of x[t] W_ih^T + b_ih; LSTM: null
+  float* dh0;          // out (B, H) float
+  float* dc0;          // LSTM out (B, H) float; GRU: null
+};
+
+LaunchResult launch_persistent_bwd(const PersistentBwd& p, int device, void* stream);
+
 }  // namespace cuda
 }  // namespace fused_rnn

@@ -37,73 +37,14 @@
 #include "cell_math.cuh"
 #include "io_types.cuh"
 #include "launchers.h"
-
-namespace cg = cooperative_groups;
+#include "persistent_common.cuh"
 
 namespace fused_rnn {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr int kRows = 4;     // rows of W_hh per warp tile
-constexpr int kBatch = 8;    // batch rows per warp tile; kRows * kBatch == 32 (one per lane)
-static_assert(kRows * kBatch == 32, "the shuffle reduction hands one tile element to each lane");
-
-// Launch geometry, computed on the host (plan()).
-struct Plan {
-  int J;       // hidden units per block
-  int Mp;      // G*J rounded up to a multiple of kRows (FMA) or 16 (MMA); padding rows are zero
-  int chunk;   // batch rows of h held in shared memory at once (multiple of kBatch)
-  int blocks;  // ceil(H / J)
-  int ldw;     // row stride of w_s in elements: H (FMA) or H + 8 (MMA)
-  int ldh;     // row stride of h_s in elements: H (FMA) or H + 8 (MMA)
-  int ks;      // K splits of the MMA matvec (1 for FMA): partial sums in pre_s[0 .. ks-1]
-  int kper;    // 16-wide K steps per split (MMA)
-};
-
-template <Cell C>
-__host__ __device__ constexpr int gates_of() {
-  return C == Cell::kLstm ? 4 : 3;
-}
-
-// Four consecutive elements of T as float (16-byte aligned for float, 8-byte for 16-bit types).
-__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
-__device__ __forceinline__ float4 load4(const __half* p) {
-  const uint2 u = *reinterpret_cast<const uint2*>(p);
-  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
-  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
-  return make_float4(a.x, a.y, b.x, b.y);
-}
-__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
-  const uint2 u = *reinterpret_cast<const uint2*>(p);
-  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
-  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
-  return make_float4(a.x, a.y, b.x, b.y);
-}
-
-// Sums v[0..31] over the warp; afterwards lane L's v[0] holds the warp total of element L.
-// Stage S: lanes with bit S set keep the upper half of their S*2 live values and send the lower
-// half to their partner, the others the reverse; 16 + 8 + 4 + 2 + 1 shuffles in all. Each stage
-// is its own instantiation so every index is a compile-time constant (v stays in registers).
-template <int S>
-__device__ __forceinline__ void reduce_stage(float (&v)[32], int lane) {
-  const bool upper = (lane & S) != 0;
-#pragma unroll
-  for (int i = 0; i < S; ++i) {
-    const float send = upper ? v[i] : v[i + S];
-    const float keep = upper ? v[i + S] : v[i];
-    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, S);
-  }
-}
-
-__device__ __forceinline__ void warp_reduce_32(float (&v)[32], int lane) {
-  reduce_stage<16>(v, lane);
-  reduce_stage<8>(v, lane);
-  reduce_stage<4>(v, lane);
-  reduce_stage<2>(v, lane);
-  reduce_stage<1>(v, lane);
-}
+using namespace persistent;
+namespace cg = cooperative_groups;
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core matvec (fp16 / bf16 only): mma.sync m16n8k16, A = 16 rows of the W_hh slice,
@@ -160,8 +101,6 @@ __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
 //   c_s   (J, B) float     LSTM cell state of the owned units (absent for GRU)
 // The tensor-core variant pads rows by 8 elements (16 bytes) so the 8 rows one fragment load
 // touches fall in different banks.
-__host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
-
 template <class T, Cell C, bool kMma>
 __host__ __device__ inline size_t smem_bytes(const Plan& pl, int B) {
   using HS = typename std::conditional<kMma, T, float>::type;
@@ -170,42 +109,6 @@ __host__ __device__ inline size_t smem_bytes(const Plan& pl, int B) {
   n += align16(sizeof(float) * pl.ks * pl.Mp * pl.chunk);
   if (C == Cell::kLstm) n += align16(sizeof(float) * pl.J * B);
   return n;
-}
-
-// pre_s = W_slice h_chunk^T on CUDA cores: one (4-row, 8-batch) tile per warp at a time, lanes
-// splitting H in float4 pieces, then the 31-shuffle reduction.
-template <class T>
-__device__ __forceinline__ void matvec_fma(const T* w_s, const float* h_s, float* pre_s,
-                                           const Plan& pl, int H, int ntile, int warp,
-                                           int lane) {
-  const int rgroups = pl.Mp / kRows;
-  for (int item = warp; item < rgroups * ntile; item += kWarps) {
-    const int rg = item % rgroups, tb = item / rgroups;
-    float acc[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) acc[i] = 0.f;
-    for (int k = lane * 4; k < H; k += 128) {
-      float4 w[kRows];
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) w[r] = load4(w_s + (rg * kRows + r) * pl.ldw + k);
-#pragma unroll
-      for (int bb = 0; bb < kBatch; ++bb) {
-        const float4 h = *reinterpret_cast<const float4*>(h_s + (tb * kBatch + bb) * pl.ldh + k);
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          float a = acc[r * kBatch + bb];
-          a = fmaf(w[r].x, h.x, a);
-          a = fmaf(w[r].y, h.y, a);
-          a = fmaf(w[r].z, h.z, a);
-          a = fmaf(w[r].w, h.w, a);
-          acc[r * kBatch + bb] = a;
-        }
-      }
-    }
-    warp_reduce_32(acc, lane);
-    // After the reduction lane = r * kBatch + bb.
-    pre_s[(rg * kRows + lane / kBatch) * pl.chunk + tb * kBatch + lane % kBatch] = acc[0];
-  }
 }
 
 // pre_s[s] = W_slice h_chunk^T over K split s, on tensor cores: work items are
@@ -373,10 +276,6 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const Persi
   }
 }
 
-std::string cuda_error(const char* what, cudaError_t e) {
-  return std::string(what) + ": " + cudaGetErrorString(e);
-}
-
 // Launch geometry for one variant; false (and why) when it does not fit in shared memory.
 template <class T, Cell C, bool kMma>
 bool plan(const PersistentFwd& p, int sms, int smem_optin, Plan& pl, size_t& smem,
@@ -410,38 +309,17 @@ bool plan(const PersistentFwd& p, int sms, int smem_optin, Plan& pl, size_t& sme
 
 template <class T, Cell C, bool kMma>
 LaunchResult launch_variant(const PersistentFwd& p, int device, cudaStream_t stream) {
-  auto kernel = persistent_fwd_kernel<T, C, kMma>;
-  int sms = 0, smem_optin = 0, coop = 0;
-  cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (e == cudaSuccess)
-    e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device);
-  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaDeviceGetAttribute", e)};
-  if (!coop) return {Status::kNotApplicable, "the device does not support cooperative launch"};
-
+  DeviceLimits lim;
+  LaunchResult r = query_device(device, lim);
+  if (r.status != Status::kOk) return r;
   Plan pl;
   size_t smem = 0;
   std::string why;
-  if (!plan<T, C, kMma>(p, sms, smem_optin, pl, smem, why)) return {Status::kNotApplicable, why};
-  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           static_cast<int>(smem));
-  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaFuncSetAttribute", e)};
-  int per_sm = 0;
-  e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
-  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaOccupancyMaxActiveBlocks", e)};
-  if (per_sm * sms < pl.blocks) {
-    return {Status::kNotApplicable, std::to_string(pl.blocks) + " blocks cannot be co-resident (" +
-                                        std::to_string(per_sm) + " per SM x " +
-                                        std::to_string(sms) + " SMs)"};
+  if (!plan<T, C, kMma>(p, lim.sms, lim.smem_optin, pl, smem, why)) {
+    return {Status::kNotApplicable, why};
   }
-  PersistentFwd args = p;
-  void* argv[] = {&args, &pl};
-  e = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(pl.blocks),
-                                  dim3(kThreads), argv, smem, stream);
-  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaLaunchCooperativeKernel", e)};
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return {Status::kError, cuda_error("persistent forward kernel", e)};
-  return {Status::kOk, ""};
+  return cooperative_launch(persistent_fwd_kernel<T, C, kMma>, p, pl, smem, lim, stream,
+                            "persistent forward kernel");
 }
 
 template <Cell C>
