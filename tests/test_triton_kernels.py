@@ -17,12 +17,13 @@ import fused_rnn  # noqa: F401  (conftest has set TRITON_INTERPRET before this i
 from fused_rnn.reference import ReferenceBackend
 
 triton_pkg = pytest.importorskip("fused_rnn.triton")
-from fused_rnn.triton import common  # noqa: E402
+from fused_rnn.triton import config  # noqa: E402
 from fused_rnn.triton.backend import TritonBackend  # noqa: E402
+from fused_rnn.triton.common import INTERPRET  # noqa: E402
 
 BE = TritonBackend()
 REF = ReferenceBackend()
-DEV = "cpu" if common.INTERPRET else "cuda"
+DEV = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.skipif(BE.available() is not None, reason=str(BE.available()))
 
 # (T, B, I, H, lengths, bias). Under the interpreter B=5 spans two batch blocks (BB=4); H=20
@@ -87,11 +88,11 @@ def _compare(got, want, atol, rtol, what):
         torch.testing.assert_close(g.double(), w.double(), atol=atol, rtol=rtol, msg=f"{what}[{k}]")
 
 
-@pytest.mark.parametrize("path", common.PATHS)
+@pytest.mark.parametrize("path", config.PATHS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_fp32_matches_float64_reference(monkeypatch, path, cell, case):
-    monkeypatch.setenv(common.PATH_ENV, path)
+    monkeypatch.setenv(config.PATH_ENV, path)
     inputs, params, lens, grads_in = _case(cell, *CASES[case], torch.float32)
     outs, grads = _run(BE, cell, inputs, params, lens, grads_in)
     r_outs, r_grads = _run(REF, cell, _f64(inputs), _f64(params), lens, _f64(grads_in))
@@ -254,9 +255,9 @@ def test_supports_and_available():
 
 
 def test_path_override_is_validated(monkeypatch):
-    monkeypatch.setenv(common.PATH_ENV, "fast")
+    monkeypatch.setenv(config.PATH_ENV, "fast")
     with pytest.raises(ValueError, match="must be one of resident, streamed, step"):
-        common.choose_config(False, 2, 8, torch.float32, torch.device(DEV))
+        config.choose_config(False, 2, 8, torch.float32, torch.device(DEV))
 
 
 # ------------------------------------------------------------------- GPU path choice (pure)
@@ -267,7 +268,7 @@ def test_target_shapes_loop_over_time_in_the_kernel():
     """H=768 B=16 bf16 on an H100's 132 SMs: the forward holds W_hh on chip; the backward
     (which also holds a 4x larger dG operand) streams it; no more programs than SMs."""
     for bwd, path in ((False, "resident"), (True, "streamed")):
-        cfg = common.gpu_config(bwd, 16, 768, torch.bfloat16, H100_SMS, None)
+        cfg = config.gpu_config(bwd, 16, 768, torch.bfloat16, H100_SMS, None)
         assert cfg.path == path
         assert -(-768 // cfg.BH) * -(-16 // cfg.BB) <= H100_SMS
 
@@ -282,30 +283,30 @@ def test_target_shapes_loop_over_time_in_the_kernel():
     ],
 )
 def test_paths_refuse_what_they_cannot_run(bwd, B, H, dtype, path, why):
-    assert why in common.why_not(path, bwd, B, H, dtype, H100_SMS)
-    assert common.gpu_config(bwd, B, H, dtype, H100_SMS, None).path != path
+    assert why in config.why_not(path, bwd, B, H, dtype, H100_SMS)
+    assert config.gpu_config(bwd, B, H, dtype, H100_SMS, None).path != path
     with pytest.raises(ValueError, match=f"the {path} path cannot run this case"):
-        common.gpu_config(bwd, B, H, dtype, H100_SMS, path)
+        config.gpu_config(bwd, B, H, dtype, H100_SMS, path)
 
 
 def test_large_batch_falls_back_to_per_step():
-    assert common.gpu_config(False, 256, 512, torch.bfloat16, H100_SMS, None).path == "step"
+    assert config.gpu_config(False, 256, 512, torch.bfloat16, H100_SMS, None).path == "step"
 
 
 @pytest.mark.parametrize("path", ["resident", "streamed"])
 def test_interpreter_time_loop_has_one_program_per_batch_block(path):
     """Under the interpreter programs run one at a time: a grid barrier across hidden blocks
     would never be reached by the programs not yet started."""
-    cfg = common.interpreter_config(B=5, H=20, path=path)
+    cfg = config.interpreter_config(B=5, H=20, path=path)
     assert cfg.path == path and cfg.BH >= 20
 
 
 # ----------------------------------------------------------------------- full shapes, GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", common.PATHS)
+@pytest.mark.parametrize("path", config.PATHS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gpu_full_shape_fp32(monkeypatch, path, cell):
-    monkeypatch.setenv(common.PATH_ENV, path)
+    monkeypatch.setenv(config.PATH_ENV, path)
     T, B, H = 64, 16, (256 if path == "resident" else 768)
     lengths = torch.randint(1, T + 1, (B,)).tolist()
     inputs, params, lens, grads_in = _case(cell, T, B, 256, H, lengths, True, torch.float32)
@@ -316,13 +317,13 @@ def test_gpu_full_shape_fp32(monkeypatch, path, cell):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", [None, *common.PATHS])
+@pytest.mark.parametrize("path", [None, *config.PATHS])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gpu_anchor_shape_bf16(monkeypatch, path, cell):
     """The TARGETS.md shape (H=768 B=16, shortened to T=64) in bf16 on every path that can run
     it (resident: H=512, where both directions hold W_hh on chip), against cuDNN's error."""
     if path is not None:
-        monkeypatch.setenv(common.PATH_ENV, path)
+        monkeypatch.setenv(config.PATH_ENV, path)
     H = 512 if path == "resident" else 768
     _check_half(cell, torch.bfloat16, 64, 16, 768, H, None)
 
@@ -341,6 +342,6 @@ def test_gpu_new_length_does_not_recompile():
 
 
 def test_default_path_for_a_small_case_is_resident(monkeypatch):
-    monkeypatch.delenv(common.PATH_ENV, raising=False)
-    assert os.environ.get(common.PATH_ENV) is None
-    assert common.choose_config(False, 2, 8, torch.float32, torch.device(DEV)).path == "resident"
+    monkeypatch.delenv(config.PATH_ENV, raising=False)
+    assert os.environ.get(config.PATH_ENV) is None
+    assert config.choose_config(False, 2, 8, torch.float32, torch.device(DEV)).path == "resident"

@@ -3,16 +3,18 @@
 and reports each kernel's registers and spills.
 
 Run with TRITON_INTERPRET unset (the kernels must be JIT functions, not interpreted ones):
-``python -m fused_rnn.triton.aot [--all]`` prints one line per compiled kernel: by default one
-config per (kernel, path) in bf16 and in fp32 (fp16 differs from bf16 only in the element
-type), the one with the largest tiles; with --all every config.
+``python -m fused_rnn.triton.aot [--all]`` compiles on every core and prints one line per
+kernel: by default one config per (kernel, path) in bf16 and in fp32 (fp16 differs from bf16
+only in the element type), the one with the largest tiles; with --all every config.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -20,7 +22,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 from . import gru, lstm
-from .common import INTERPRET, Config, shipped_gpu_configs
+from .common import INTERPRET
+from .config import Config, shipped_gpu_configs
 
 HOPPER = GPUTarget("cuda", 90, 32)
 _TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -108,10 +111,20 @@ def kernel_name(kernel) -> str:
     return getattr(kernel, "fn", kernel).__name__
 
 
+def _compile_job(job: tuple[bool, int]) -> str:
+    """One line of the report for job number ``job[1]`` of jobs(job[0])."""
+    kernel, dtype, cfg = jobs(job[0])[job[1]]
+    res = compile_config(kernel, dtype, cfg)
+    return f"{kernel_name(kernel):17s} {_TY[dtype]:4s} {cfg} {res}"
+
+
 def main(argv: list[str]) -> int:
-    for kernel, dtype, cfg in jobs("--all" in argv):
-        res = compile_config(kernel, dtype, cfg)
-        print(f"{kernel_name(kernel):17s} {_TY[dtype]:4s} {cfg} {res}", flush=True)
+    everything = "--all" in argv
+    n = len(jobs(everything))
+    # Each compile is single-threaded (seconds on a CPU): one process per core.
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for line in pool.map(_compile_job, [(everything, i) for i in range(n)]):
+            print(line, flush=True)
     return 0
 
 

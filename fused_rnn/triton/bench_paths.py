@@ -15,7 +15,7 @@ import sys
 import torch
 
 from .backend import TritonBackend
-from .common import PATH_ENV, PATHS
+from .config import PATH_ENV, PATHS
 
 # (cell, T, B, I, H, dtype, paths): the TARGETS.md anchor shape in bf16 on every path that can
 # run it, and the fastrnns shape in fp32 on the path chosen by size.

@@ -1,28 +1,22 @@
-"""Shared pieces of the Triton backend: interpreter detection, the jit helpers both cells use
-(tanh, grid barrier, tile loads), the choice of kernel path and tile sizes, and the one launcher
-that drives a recurrence kernel (persistent: one launch; per-step: one launch per step).
+"""Device code shared by the LSTM and GRU kernels: interpreter detection, activations, the
+grid barrier, tile loads and stores, and the recurrent GEMMs of the three paths (see
+:mod:`fused_rnn.triton.config`).
 
-Dimension legend: T steps, B batch, H hidden, G gates (4 LSTM, 3 GRU), HP the padded hidden
-size a persistent program holds whole, BB batch rows per program, BH hidden units per program,
-BK the K-chunk of the per-step kernel's recurrent GEMM.
+Dimension legend: T steps, B batch, H hidden, G gates (4 LSTM, 3 GRU; the GEMM tiles always
+have 4 gate slots), HP the padded hidden size a resident program holds whole, BB batch rows
+per program, BH hidden units per program, BK the K chunk of the streamed / per-step GEMMs.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
-import torch
 import triton
 import triton.language as tl
 
 # Read once, when the kernels are defined: @triton.jit itself decides at decoration time whether
 # it builds an interpreted function, so the two must agree.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-# Optional override of the path choice (tests run every path on the same shapes): one of
-# PATHS. Unset: chosen by size (see choose_config).
-PATH_ENV = "FUSED_RNN_TRITON_PATH"
 
 if INTERPRET:
     # libdevice fails in the interpreter (triton-lang/triton#8825), and 2*sigmoid(2x)-1 in fp32
@@ -135,7 +129,7 @@ def rec_fwd_chunked(
     DOT_F32: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """h (B, H) slot @ the packed W_hh^T tile, K streamed in chunks of BK from global memory
-    (per-step kernel) -> (BB, 4*BH) fp32."""
+    (streamed and step paths) -> (BB, 4*BH) fp32."""
     acc = tl.zeros((BB, 4 * BH), dtype=tl.float32)
     for k0 in range(0, H, BK):
         kc = k0 + tl.arange(0, BK)
@@ -170,7 +164,7 @@ def rec_bwd_chunked(
     DOT_F32: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
     """dG_t (B, 4H) @ W_hh restricted to this program's units, K streamed in chunks of BK
-    (per-step kernel) -> (4, BB, BH) fp32 per-gate partial sums."""
+    (streamed and step paths) -> (4, BB, BH) fp32 per-gate partial sums."""
     acc = tl.zeros((4, BB, BH), dtype=tl.float32)
     for k0 in range(0, H, BK):
         kc = k0 + tl.arange(0, BK)
@@ -181,188 +175,3 @@ def rec_bwd_chunked(
             PREC,
         )
     return acc
-
-
-# ----------------------------------------------------------------------------- configuration
-PATHS = ("resident", "streamed", "step")
-
-
-@dataclass(frozen=True)
-class Config:
-    """How one recurrence runs (see docs/triton_backend.md).
-
-    path "resident": one launch loops over time, each program holds its W_hh tile on chip and
-    programs exchange h (dG backward) through global memory with a grid barrier per step.
-    "streamed": the same loop, but the W_hh tile is re-read from L2 each step in BK chunks
-    (H too large to hold on chip). "step": one launch per step, W_hh streamed in BK chunks.
-    """
-
-    path: str
-    BB: int  # batch rows per program
-    BH: int  # hidden units per program
-    HP: int  # resident: the whole K of the recurrent GEMM in one tile (next_pow2(H) or more)
-    BK: int  # streamed / step: K chunk of the recurrent GEMM
-    num_warps: int
-    dot_f32: bool  # run tl.dot in fp32 (fp32 inputs; bf16/fp16 under the interpreter)
-
-    def constexprs(self) -> dict:
-        """The constexpr kernel arguments of this config."""
-        return dict(
-            BB=self.BB,
-            BH=self.BH,
-            HP=self.HP,
-            BK=self.BK,
-            PERSISTENT=self.path != "step",
-            RESIDENT=self.path == "resident",
-            DOT_F32=self.dot_f32,
-            PREC="ieee",
-        )
-
-
-# GPU tiles. BB = BH = 16 is the smallest tile tl.dot accepts: the most programs, hence the
-# least weight per program. The register budget of a resident program (its W_hh tile plus,
-# backward, the (4, BB, HP) dG operand) is where ptxas starts spilling in the sm_90 AOT
-# compile; the chunked paths' BK likewise (python -m fused_rnn.triton.aot --all; figures in
-# docs/triton_backend.md).
-RESIDENT_HP = (128, 256, 512, 1024)
-RESIDENT_BYTES = 128 * 1024
-RESIDENT_WARPS = 8
-GPU_BB = 16
-GPU_BH = 16
-CHUNK_BK = {torch.float32: 16, torch.float16: 32, torch.bfloat16: 32}
-CHUNK_WARPS = 4
-
-
-def next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def why_not(path: str, bwd: bool, B: int, H: int, dtype: torch.dtype, n_sms: int) -> str | None:
-    """None when ``path`` can run (B, H) on a GPU with n_sms SMs, else the reason."""
-    if path == "step":
-        return None
-    progs = triton.cdiv(B, GPU_BB) * triton.cdiv(H, GPU_BH)
-    if progs > n_sms:
-        return f"{progs} programs > {n_sms} SMs (all must be co-resident for the grid barrier)"
-    if path == "streamed":
-        return None
-    hp = max(RESIDENT_HP[0], next_pow2(H))
-    if hp > RESIDENT_HP[-1]:
-        return f"H={H} > {RESIDENT_HP[-1]}"
-    # forward: the packed (HP, 4*BH) W_hh^T tile; backward also the (4, BB, HP) dG operand
-    n = 4 * hp * GPU_BH + (4 * GPU_BB * hp if bwd else 0)
-    nbytes = n * (4 if dtype == torch.float32 else 2)
-    if nbytes > RESIDENT_BYTES:
-        return f"{nbytes} B of on-chip operands per program > {RESIDENT_BYTES}"
-    return None
-
-
-def gpu_config(
-    bwd: bool, B: int, H: int, dtype: torch.dtype, n_sms: int, path: str | None
-) -> Config:
-    """The config a GPU runs (``path`` forces one of PATHS; else the first that fits)."""
-    if path is not None:
-        why = why_not(path, bwd, B, H, dtype, n_sms)
-        if why is not None:
-            raise ValueError(f"fused_rnn triton: the {path} path cannot run this case: {why}")
-    else:
-        path = next(p for p in PATHS if why_not(p, bwd, B, H, dtype, n_sms) is None)
-    f32 = dtype == torch.float32
-    if path == "resident":
-        hp = max(RESIDENT_HP[0], next_pow2(H))
-        return Config(path, GPU_BB, GPU_BH, hp, hp, RESIDENT_WARPS, f32)
-    bk = CHUNK_BK[dtype]
-    return Config(path, GPU_BB, GPU_BH, bk, bk, CHUNK_WARPS, f32)
-
-
-def interpreter_config(B: int, H: int, path: str | None) -> Config:
-    """Under the interpreter programs run one after another, so a program spinning at a grid
-    barrier would wait forever for programs that have not started: the in-kernel time loop
-    runs with ONE program per batch block (the barrier then only waits for itself). Tiles are
-    small (the interpreter accepts blocks < 16) to keep shapes tiny yet span several programs
-    and K chunks. bf16 tl.dot is wrong in the interpreter (triton-lang/triton#11584): the dot
-    runs in fp32."""
-    bb = min(next_pow2(B), 4)
-    hp = next_pow2(H)
-    k = min(hp, 16)
-    path = path or ("resident" if hp <= 256 else "step")
-    if path == "resident":
-        return Config(path, bb, hp, hp, hp, 1, True)
-    if path == "streamed":
-        return Config(path, bb, hp, k, k, 1, True)
-    return Config(path, bb, k, k, k, 1, True)
-
-
-def choose_config(bwd: bool, B: int, H: int, dtype: torch.dtype, device: torch.device) -> Config:
-    """The config of one recurrence (forward or backward) of batch B and hidden size H."""
-    path = os.environ.get(PATH_ENV) or None
-    if path not in (None, *PATHS):
-        raise ValueError(f"{PATH_ENV} must be one of {', '.join(PATHS)}; got {path!r}")
-    if INTERPRET:
-        return interpreter_config(B, H, path)
-    return gpu_config(bwd, B, H, dtype, num_sms(device), path)
-
-
-def shipped_gpu_configs() -> list[tuple[bool, torch.dtype, Config]]:
-    """Every (bwd, dtype, config) that gpu_config can pick on any GPU (for the ahead-of-time
-    compile test). The tiles depend on (B, H) only through the path and, resident, HP."""
-    out = set()
-    for bwd in (False, True):
-        for dtype in (torch.float32, torch.float16, torch.bfloat16):
-            for path in PATHS:
-                for H in (*RESIDENT_HP, 2 * RESIDENT_HP[-1]):
-                    if why_not(path, bwd, 1, H, dtype, 10**6) is None:
-                        out.add((bwd, dtype, gpu_config(bwd, 1, H, dtype, 10**6, path)))
-    return sorted(out, key=str)
-
-
-F32 = (torch.float32,)
-I64 = (torch.int64,)
-HALF_OR_F32 = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def check_args(op: str, *specs: tuple) -> None:
-    """Raise ValueError naming ``op`` unless every (name, tensor, shape, dtypes) spec holds:
-    exactly that shape (the kernels index raw pointers), contiguous, on the first tensor's
-    device, and dtype in ``dtypes`` (a tuple; None accepts any)."""
-    dev = specs[0][1].device
-    for name, t, shape, dtypes in specs:
-        if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-        if dtypes is not None and t.dtype not in dtypes:
-            raise ValueError(f"{op}: {name} has dtype {t.dtype}, expected one of {dtypes}")
-        if t.device != dev:
-            raise ValueError(f"{op}: {name} is on {t.device}, the others on {dev}")
-        if not t.is_contiguous():
-            raise ValueError(f"{op}: {name} must be contiguous")
-
-
-def run_recurrence(
-    kernel, cfg: Config, B: int, H: int, args: tuple, t_first: int, n_iter: int, step: int
-):
-    """Launch a recurrence ``kernel`` over ``n_iter`` iterations starting at step ``t_first``.
-
-    Every recurrence kernel takes ``args`` followed by (counter_ptr, t_first, n_iter) and the
-    constexprs of ``cfg``; iteration s handles step t_first + step * s (step = +1 forward, -1
-    backward; the kernel applies the same direction itself). Persistent: one launch running
-    all iterations with a grid barrier between them; per-step: one launch per iteration (the
-    kernel boundary is the barrier).
-    """
-    n_b = triton.cdiv(B, cfg.BB)
-    grid = (triton.cdiv(H, cfg.BH), n_b)
-    # One arrival counter per batch block: blocks never wait for each other.
-    counter = torch.zeros(n_b, dtype=torch.int32, device=args[0].device)
-    meta = dict(cfg.constexprs(), num_warps=cfg.num_warps)
-    if cfg.path != "step":
-        if not INTERPRET:
-            # Cooperative launch: the driver refuses a grid that cannot be co-resident instead
-            # of letting the barrier deadlock.
-            meta["launch_cooperative_grid"] = True
-        kernel[grid](*args, counter, t_first, n_iter, **meta)
-        return
-    for s in range(n_iter):
-        kernel[grid](*args, counter, t_first + step * s, 1, **meta)

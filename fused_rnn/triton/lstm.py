@@ -19,18 +19,12 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    F32,
-    HALF_OR_F32,
-    I64,
-    check_args,
-    choose_config,
     dg_tile,
     grid_barrier,
     ld,
     mm,
     rec_bwd_chunked,
     rec_fwd_chunked,
-    run_recurrence,
     sigmoid,
     split_gates,
     st,
@@ -38,6 +32,8 @@ from .common import (
     w_bwd_tile,
     w_fwd_tile,
 )
+from .config import choose_config
+from .launch import F32, HALF_OR_F32, I64, check_args, run_recurrence
 
 __all__ = ["lstm_recurrence_bwd", "lstm_recurrence_fwd"]
 
