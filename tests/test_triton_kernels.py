@@ -301,6 +301,16 @@ def test_interpreter_time_loop_has_one_program_per_batch_block(path):
     assert cfg.path == path and cfg.BH >= 20
 
 
+def test_bench_paths_runs_every_path(capsys):
+    """The GPU script's path benchmark, on a tiny shape here: one row per path plus nn.LSTM,
+    each with both timings and no error note."""
+    from fused_rnn.triton.bench_paths import time_case
+
+    rows = time_case("lstm", 2, 2, 3, 8, torch.float32, config.PATHS, device=DEV)
+    assert [r[6] for r in rows] == [f"triton-{p}" for p in config.PATHS] + ["torch(cudnn)"]
+    assert all(r[9] == "" and r[7] > 0 and r[8] > 0 for r in rows), rows
+
+
 # ----------------------------------------------------------------------- full shapes, GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", config.PATHS)

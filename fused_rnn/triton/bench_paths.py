@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import time
 
 import torch
 
@@ -27,17 +28,23 @@ CASES = [
 ]
 
 
-def _median_ms(fn, reps: int) -> float:
-    fn()  # warm-up: JIT compile, cuBLAS handles
-    torch.cuda.synchronize()
+def _median_ms(fn, reps: int, device: str) -> float:
+    """Median wall time of fn() in ms after one warm-up call (JIT compile, cuBLAS handles);
+    CUDA events on a GPU, perf_counter elsewhere (the interpreter smoke test)."""
+    fn()
     times = []
     for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+        if device == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     return sorted(times)[len(times) // 2]
 
 
@@ -63,13 +70,13 @@ def _triton_fns(cell, x, h0, mod, dy):
     return (lambda: fwd(False)), fwd_bwd
 
 
-def _time_case(cell, T, B, n_in, H, dt, paths) -> list[list]:
+def time_case(cell, T, B, n_in, H, dt, paths, device="cuda") -> list[list]:
     """Rows [cell, T, B, I, H, dtype, provider, fwd_ms, fwd_bwd_ms, note] of one shape."""
     torch.manual_seed(0)
-    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(n_in, H).to("cuda", dt)
-    x = torch.randn(T, B, n_in, device="cuda", dtype=dt)
-    h0 = torch.zeros(B, H, device="cuda", dtype=dt)
-    dy = torch.randn(T, B, H, device="cuda", dtype=dt)
+    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(n_in, H).to(device, dt)
+    x = torch.randn(T, B, n_in, device=device, dtype=dt)
+    h0 = torch.zeros(B, H, device=device, dtype=dt)
+    dy = torch.randn(T, B, H, device=device, dtype=dt)
     shape = [cell, T, B, n_in, H, str(dt).removeprefix("torch.")]
     rows = []
     for path in paths:
@@ -81,8 +88,8 @@ def _time_case(cell, T, B, n_in, H, dt, paths) -> list[list]:
         try:
             fwd, fwd_bwd = _triton_fns(cell, x, h0, mod, dy)
             with torch.no_grad():
-                f = _median_ms(fwd, 5)
-            rows.append([*shape, name, f, _median_ms(fwd_bwd, 3), ""])
+                f = _median_ms(fwd, 5, device)
+            rows.append([*shape, name, f, _median_ms(fwd_bwd, 3, device), ""])
         except (RuntimeError, ValueError) as e:
             rows.append([*shape, name, "", "", f"{type(e).__name__}: {e}"[:200]])
         finally:
@@ -92,8 +99,8 @@ def _time_case(cell, T, B, n_in, H, dt, paths) -> list[list]:
     xg = x.detach().requires_grad_()
     try:
         with torch.no_grad():
-            f = _median_ms(lambda: mod(x, hx), 5)
-        fb = _median_ms(lambda: mod(xg, hx)[0].backward(dy), 3)
+            f = _median_ms(lambda: mod(x, hx), 5, device)
+        fb = _median_ms(lambda: mod(xg, hx)[0].backward(dy), 3, device)
         rows.append([*shape, "torch(cudnn)", f, fb, ""])
     except RuntimeError as e:
         rows.append([*shape, "torch(cudnn)", "", "", str(e)[:200]])
@@ -103,7 +110,7 @@ def _time_case(cell, T, B, n_in, H, dt, paths) -> list[list]:
 
 def run(out_path: str) -> None:
     dev = torch.cuda.get_device_name()
-    rows = [r for case in CASES for r in _time_case(*case)]
+    rows = [r for case in CASES for r in time_case(*case)]
     with open(out_path, "w", newline="") as fh:
         w = csv.writer(fh)
         head = ["device", "cell", "T", "B", "I", "H", "dtype", "provider", "fwd_ms", "fwd_bwd_ms"]
