@@ -240,11 +240,13 @@ RNN_TYPES = (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)
 @needs_shared
 @pytest.mark.parametrize("name", list(SMOKES))
 def test_smoke_fused_backend_and_checkpoint(name, tmp_path):
-    """--smoke with the fused modules (reference backend) trains, scores, finishes in under a
-    minute, and its checkpoint loads strictly into a plain torch model."""
+    """--smoke with the fused modules (reference backend) trains, scores, takes under a minute
+    of CPU time, and its checkpoint loads strictly into a plain torch model."""
     module, extra = SMOKES[name]
     ckpt = tmp_path / "model.pt"
-    t0 = time.perf_counter()
+    # CPU seconds, not wall time: the bound is on the work done, which other load on the
+    # machine does not change (wall time on a shared 2-core box varies several-fold).
+    t0 = time.process_time()
     summary = module.main(
         [
             *extra,
@@ -258,8 +260,8 @@ def test_smoke_fused_backend_and_checkpoint(name, tmp_path):
             str(ckpt),
         ]
     )
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 60, f"{name} --smoke took {elapsed:.1f}s"
+    elapsed = time.process_time() - t0
+    assert elapsed < 60, f"{name} --smoke took {elapsed:.1f} CPU seconds"
     assert summary["backend"] == "reference" and len(summary["sec_per_epoch"]) == 1
     test = summary["test"]
     assert 0.0 <= test["score"] <= 100.0 and all(v == v for v in test.values())  # no NaN
