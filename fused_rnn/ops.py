@@ -160,9 +160,6 @@ def _register_fakes() -> None:
 
 
 # ------------------------------------------------------------------------------ the backend
-# Constant for torch.compile: the modules ask for it inside forward, and tracing into the
-# import / file checks would break the graph.
-@torch.compiler.assume_constant_result
 def _status(device: str) -> str | None:
     """None when the compiled ops run on `device` ("cpu" / "cuda") here, else why not."""
     why = load_library()
@@ -176,6 +173,13 @@ def _status(device: str) -> str | None:
     if device == "cuda" and not torch.cuda.is_available():
         return "no CUDA device is available"
     return None
+
+
+# A constant for torch.compile: the modules ask for it inside forward, and tracing into the
+# import and file checks would break the graph. This is what torch.compiler.assume_constant_result
+# does, without its import of torch._dynamo (seconds) when fused_rnn.ops is imported; the compile
+# test in tests/test_ops.py fails if torch stops honouring it.
+_status._dynamo_marked_constant = True
 
 
 def _c(t: Tensor | None) -> Tensor | None:
