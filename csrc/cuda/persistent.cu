@@ -13,7 +13,8 @@
 //   2. recurrent matvec W_slice h^T, in one of two variants (template kMma):
 //      - CUDA cores (all dtypes): each warp computes a 4-row x 8-batch tile, lanes splitting the
 //        H axis in float4 pieces; the 32 partial sums are reduced with 31 shuffles (recursive
-//        halving: lane L ends up with the total of tile element L); h stays fp32;
+//        halving: lane L ends up with the total of tile element L); h stays fp32; K is split
+//        over warps when there are fewer tiles than warps (persistent_common.cuh);
 //      - tensor cores (fp16 / bf16, H % 16 == 0, FUSED_RNN_CUDA_MMA=1): mma.sync m16n8k16 tiles
 //        of 16 rows x 8 batch, h rounded to the io dtype in shared memory (as cuDNN does), fp32
 //        accumulation; K is split over warps when there are fewer tiles than warps, and the
@@ -291,13 +292,9 @@ bool plan(const PersistentFwd& p, int sms, int smem_optin, Plan& pl, size_t& sme
   // As many 8-row batch tiles of h as fit next to the weights.
   for (pl.chunk = (p.B + kBatch - 1) / kBatch * kBatch; pl.chunk >= kBatch; pl.chunk -= kBatch) {
     if (kMma) {
-      // Split K so that every warp has a tile to work on when there are fewer tiles than warps.
-      const int tiles = (pl.Mp / 16) * (pl.chunk / kBatch);
-      pl.ks = std::max(1, std::min(kWarps / tiles, p.H / 16));
-      pl.kper = (p.H / 16 + pl.ks - 1) / pl.ks;
+      split_k(pl, (pl.Mp / 16) * (pl.chunk / kBatch), p.H / 16);
     } else {
-      pl.ks = 1;
-      pl.kper = 0;
+      split_k(pl, (pl.Mp / kRows) * (pl.chunk / kBatch), (p.H + 127) / 128);
     }
     smem = smem_bytes<T, C, kMma>(pl, p.B);
     if (smem <= static_cast<size_t>(smem_optin)) return true;

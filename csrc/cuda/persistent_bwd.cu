@@ -40,7 +40,8 @@ namespace cg = cooperative_groups;
 // Shared-memory layout, in this order (each part 16-byte aligned):
 //   w_s   (Jp, G*H) T        w_s[jj][r] = W_hh[r][j0 + jj]; zero rows beyond the block's units
 //   x_s   (chunk, G*H) float a chunk of batch rows of dgh[t+1]
-//   rec_s (Jp, chunk) float  (dgh[t+1] W_hh)[:, own units] of the chunk, transposed
+//   rec_s (ks, Jp, chunk) float  (dgh[t+1] W_hh)[:, own units] of the chunk, transposed, one
+//                                partial sum per K split
 //   s_s   (J, B) float       carried dL/dh of the owned units
 //   dc_s  (J, B) float       LSTM: carried dL/dc of the owned units (absent for GRU)
 template <class T, Cell C>
@@ -48,7 +49,7 @@ size_t bwd_smem_bytes(const Plan& pl, int B, int H) {
   const size_t GH = static_cast<size_t>(gates_of<C>()) * H;
   size_t n = align16(sizeof(T) * pl.Mp * GH);
   n += align16(sizeof(float) * pl.chunk * GH);
-  n += align16(sizeof(float) * pl.Mp * pl.chunk);
+  n += align16(sizeof(float) * pl.ks * pl.Mp * pl.chunk);
   n += align16(sizeof(float) * pl.J * B) * (C == Cell::kLstm ? 2 : 1);
   return n;
 }
@@ -67,7 +68,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_bwd_kernel(const Persi
   T* w_s = reinterpret_cast<T*>(smem);
   float* x_s = reinterpret_cast<float*>(smem + align16(sizeof(T) * Jp * GH));
   float* rec_s = x_s + align16(sizeof(float) * CH * GH) / sizeof(float);
-  float* s_s = rec_s + align16(sizeof(float) * Jp * CH) / sizeof(float);
+  float* s_s = rec_s + align16(sizeof(float) * pl.ks * Jp * CH) / sizeof(float);
   float* dc_s = s_s + align16(sizeof(float) * J * B) / sizeof(float);
 
   // Columns of W_hh for the owned units (strided reads, once).
@@ -109,7 +110,10 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_bwd_kernel(const Persi
         const int jj = e % nj, bl = e / nj;
         const int b = b0 + bl, j = j0 + jj;
         const int64_t s = static_cast<int64_t>(b) * H + j;
-        float S = s_s[jj * B + b] + (has_rec ? rec_s[jj * CH + bl] : 0.f);
+        float S = s_s[jj * B + b];
+        if (has_rec) {
+          for (int k = 0; k < pl.ks; ++k) S += rec_s[(k * Jp + jj) * CH + bl];
+        }
         if (t < 0) {
           p.dh0[s] = S;
           if constexpr (C == Cell::kLstm) p.dc0[s] = dc_s[jj * B + b];
@@ -172,9 +176,9 @@ LaunchResult launch_bwd_typed(const PersistentBwd& p, int device, cudaStream_t s
   pl.blocks = (p.H + pl.J - 1) / pl.J;
   pl.Mp = (pl.J + kRows - 1) / kRows * kRows;
   pl.ldw = pl.ldh = gates_of<C>() * p.H;
-  pl.ks = 1;
   size_t smem = 0;
   for (pl.chunk = (p.B + kBatch - 1) / kBatch * kBatch; pl.chunk >= kBatch; pl.chunk -= kBatch) {
+    split_k(pl, (pl.Mp / kRows) * (pl.chunk / kBatch), (pl.ldw + 127) / 128);
     smem = bwd_smem_bytes<T, C>(pl, p.B, p.H);
     if (smem <= static_cast<size_t>(lim.smem_optin)) break;
   }

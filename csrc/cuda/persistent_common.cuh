@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -31,8 +32,9 @@ struct Plan {
   int blocks;  // ceil(H / J)
   int ldw;     // row stride of the weight slice in elements (K, or K + 8 for tensor cores)
   int ldh;     // row stride of the input rows in elements (same rule)
-  int ks;      // K splits of the tensor-core matvec (else 1): partial sums in ks slices
-  int kper;    // 16-wide K steps per split (tensor cores)
+  int ks;      // K splits of the matvec (so that every warp has work when there are fewer
+               // tiles than warps): partial sums in ks slices of (Mp, chunk)
+  int kper;    // K steps per split: 128-wide (CUDA cores) or 16-wide (tensor cores)
 };
 
 template <Cell C>
@@ -79,6 +81,13 @@ __device__ __forceinline__ void warp_reduce_32(float (&v)[32], int lane) {
 }
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+// K splits for a matvec of `tiles` (row group, batch tile) items over `ksteps` K steps: enough
+// for every warp to have an item, never more than there are K steps.
+inline void split_k(Plan& pl, int tiles, int ksteps) {
+  pl.ks = std::max(1, std::min(kWarps / std::max(tiles, 1), ksteps));
+  pl.kper = (ksteps + pl.ks - 1) / pl.ks;
+}
 
 
 inline std::string cuda_error(const char* what, cudaError_t e) {
@@ -132,20 +141,23 @@ LaunchResult cooperative_launch(void (*kernel)(const Args, const Plan), const Ar
   return {Status::kOk, ""};
 }
 
-// out_s (Mp, chunk) = w_s (Mp rows, K long, stride ldw) x_s^T (x_s: rows of K floats, stride ldh)
-// on CUDA cores: one (4-row, 8-batch) tile per warp at a time, lanes splitting K in float4
-// pieces, then the 31-shuffle reduction. K % 4 == 0; ntile 8-row tiles of x_s are valid.
+// out_s[s] (Mp, chunk) = w_s (Mp rows, K long, stride ldw) x_s^T over K split s (x_s: rows of K
+// floats, stride ldh), on CUDA cores: work items are (4-row group, 8-batch tile, K split); lanes
+// split the item's K range in float4 pieces, then the 31-shuffle reduction. K % 4 == 0; ntile
+// 8-row tiles of x_s are valid. The caller adds the pl.ks partial sums in a fixed order.
 template <class T>
 __device__ __forceinline__ void matvec_fma(const T* w_s, const float* h_s, float* pre_s,
                                            const Plan& pl, int K, int ntile, int warp,
                                            int lane) {
   const int rgroups = pl.Mp / kRows;
-  for (int item = warp; item < rgroups * ntile; item += kWarps) {
-    const int rg = item % rgroups, tb = item / rgroups;
+  for (int item = warp; item < rgroups * ntile * pl.ks; item += kWarps) {
+    const int s = item % pl.ks, tile = item / pl.ks;
+    const int rg = tile % rgroups, tb = tile / rgroups;
+    const int k_end = min(K, (s + 1) * pl.kper * 128);
     float acc[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) acc[i] = 0.f;
-    for (int k = lane * 4; k < K; k += 128) {
+    for (int k = s * pl.kper * 128 + lane * 4; k < k_end; k += 128) {
       float4 w[kRows];
 #pragma unroll
       for (int r = 0; r < kRows; ++r) w[r] = load4(w_s + (rg * kRows + r) * pl.ldw + k);
@@ -165,7 +177,8 @@ __device__ __forceinline__ void matvec_fma(const T* w_s, const float* h_s, float
     }
     warp_reduce_32(acc, lane);
     // After the reduction lane = r * kBatch + bb.
-    pre_s[(rg * kRows + lane / kBatch) * pl.chunk + tb * kBatch + lane % kBatch] = acc[0];
+    float* part = pre_s + static_cast<size_t>(s) * pl.Mp * pl.chunk;
+    part[(rg * kRows + lane / kBatch) * pl.chunk + tb * kBatch + lane % kBatch] = acc[0];
   }
 }
 
