@@ -1,4 +1,4 @@
-"""Reporting: the run's environment, CSV history rows, the console table and the markdown page.
+"""The CSV history: a run's environment, one row per case, provider and mode, append and read.
 
 Speedups are torch's median time over the provider's (same case, mode and run): above 1x is
 faster than torch's module. Times are per call (the whole sequence); ``us_per_step`` divides
@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .cases import ALL_PROVIDER_NAMES as PROVIDER_ORDER
-from .cases import SHORT_DTYPE
-from .runner import MODES, Result
+from .runner import Result
 
 CSV_FIELDS = [
     "run_id",
@@ -29,6 +27,7 @@ CSV_FIELDS = [
     "threads",
     "loadavg",
     "torch",
+    "command",
     "provider",
     "case",
     "cell",
@@ -85,8 +84,9 @@ def _commit() -> str:
         return "unknown"
 
 
-def environment(device: str) -> dict:
-    """What identifies a run: id, UTC date, commit, device and its name, threads, load, torch."""
+def environment(device: str, command: str = "") -> dict:
+    """What identifies a run: id, UTC date, commit, device and its name, threads, load, torch,
+    and the command that reproduces it."""
     now = _dt.datetime.now(_dt.timezone.utc)
     if device == "cuda":
         name = torch.cuda.get_device_name()
@@ -103,6 +103,7 @@ def environment(device: str) -> dict:
         # noisy, and this is how a reader of the history can tell.
         "loadavg": f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "",
         "torch": torch.__version__,
+        "command": command,
     }
 
 
@@ -169,118 +170,3 @@ def append_csv(path: Path, rows: list[dict]) -> None:
 def read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
-
-
-def fmt_ms(ms: float) -> str:
-    """Three significant digits, never in exponent form: 1234 ms, 12.3 ms, 0.123 ms."""
-    if ms >= 100:
-        return f"{ms:.0f} ms"
-    return f"{ms:.{2 - int(f'{ms:e}'.split('e')[1])}f} ms" if ms >= 0.001 else f"{ms:.2g} ms"
-
-
-def _cell(r: Result) -> str:
-    if r.status != "ok":
-        return r.status
-    t = fmt_ms(r.stats.median_ms)
-    if r.provider == "torch" or r.speedup is None:
-        return t
-    return f"{t} ({r.speedup:.2f}x)"
-
-
-def _grid(results: list[Result], modes) -> tuple[list[str], list[list[str]]]:
-    """Header (case, mode, providers...) and one row per (case, mode) in run order."""
-    # Canonical order; providers skipped on every case get no column (the reasons are listed).
-    seen = {r.provider for r in results if r.status != "skip"}
-    providers = [p for p in PROVIDER_ORDER if p in seen]
-    providers += sorted(seen - set(providers))
-    by = {(r.case.id, r.mode, r.provider): r for r in results}
-    header = ["case", "mode", *providers]
-    body = []
-    for cid in dict.fromkeys(r.case.id for r in results):
-        for mode in modes:
-            cells = [_cell(by[(cid, mode, p)]) if (cid, mode, p) in by else "" for p in providers]
-            if any(cells):
-                body.append([cid, mode, *cells])
-    return header, body
-
-
-def console_table(results: list[Result], modes=MODES) -> str:
-    header, body = _grid(results, modes)
-    widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _md_table(header, body) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(out)
-
-
-def markdown(results: list[Result], env: dict, not_run=(), command: str = "", plots=()) -> str:
-    """The markdown page for the README: headline table, details, reasons, reproduction."""
-    dtypes = ", ".join(dict.fromkeys(SHORT_DTYPE[r.case.dtype] for r in results))
-    lines = [
-        f"## Benchmarks on {env['device_name']}",
-        "",
-        f"Measured {env['date']} at commit `{env['commit']}` with torch {env['torch']} "
-        f"({env['threads']} threads, load average {env['loadavg'] or 'n/a'} at the start), "
-        f"{dtypes}. Median time per call (whole sequence); "
-        "in brackets torch's median over the provider's, so above 1x is faster than "
-        "torch's own module. Every timed provider first matched a float64 run of nn.LSTM/GRU "
-        "(outputs, final states, all gradients) within 2x of torch's own error; one that did "
-        "not is shown as WRONG and was not timed.",
-        "",
-        "Case ids: cell, batch B, padded length T, input I, hidden H, L layers, bidi, "
-        "imdb-packed/padded (lengths drawn from IMDB reviews), dtype.",
-        "",
-        _md_table(*_grid(results, ("infer", "fwd_bwd"))),
-        "",
-        "<details><summary>training forward and backward separately</summary>",
-        "",
-        _md_table(*_grid(results, ("train_fwd", "bwd"))),
-        "",
-        "</details>",
-        "",
-    ]
-    peaks = [r for r in results if r.peak_mb is not None and r.mode in ("infer", "fwd_bwd")]
-    if peaks:
-        header, body = _grid(peaks, ("infer", "fwd_bwd"))
-        by = {(r.case.id, r.mode, r.provider): r for r in peaks}
-        body = [
-            [
-                cid,
-                m,
-                *(
-                    f"{by[(cid, m, p)].peak_mb:.0f}" if (cid, m, p) in by else ""
-                    for p in header[2:]
-                ),
-            ]
-            for cid, m, *_ in body
-        ]
-        lines += [
-            "Peak memory (MiB above what was allocated before the call):",
-            "",
-            _md_table(header, body),
-            "",
-        ]
-    else:
-        lines += ["Peak memory: n/a on CPU (torch keeps no CPU allocator statistics).", ""]
-    reasons = dict.fromkeys(
-        f"- {r.provider}"
-        + (f" on {r.case.id}" if r.status == "WRONG" else "")
-        + f": {r.status}: {r.detail}"
-        for r in results
-        if r.status in ("skip", "error", "WRONG")
-    )
-    if reasons:
-        lines += ["Not timed:", "", *reasons, ""]
-    if not_run:
-        lines += [f"Not run (time budget): {', '.join(c.id for c in not_run)}", ""]
-    lines += [f"![{name}]({name})" for name in plots]
-    if plots:
-        lines.append("")
-    if command:
-        lines += ["Reproduce:", "", "```", command, "```", ""]
-    return "\n".join(lines)

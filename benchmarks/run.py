@@ -25,7 +25,8 @@ import torch
 from . import cases as grids
 from .plot import plot_run
 from .providers import FUSED_BACKENDS, select
-from .report import append_csv, console_table, csv_rows, environment, markdown
+from .render import console_table, markdown
+from .report import append_csv, csv_rows, environment
 from .runner import run_grid
 from .timing import TimingConfig
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {c.id:44s} ~{secs:5.1f}s  {','.join(names)}")
         return 0
 
-    env = environment(args.device)
+    env = environment(args.device, "python -m benchmarks.run " + " ".join(argv))
     if args.device == "cpu" and env["loadavg"] and float(env["loadavg"]) > 0.5 * os.cpu_count():
         print(
             f"warning: load average {env['loadavg']} on {os.cpu_count()} cores: other work is "
@@ -133,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{env['device_name']}, torch {env['torch']}, {env['threads']} threads, "
         f"commit {env['commit']}; {time.monotonic() - t0:.0f}s\n"
     )
-    print(console_table(results))
+    rows = csv_rows(results, env)
+    print(console_table(rows))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = csv_rows(results, env)
     append_csv(args.out / "results.csv", rows)
     try:
         plots = plot_run(rows, args.out)
@@ -146,10 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     md_path = args.out / f"latest_{args.device}.md"
     md_path.write_text(
         markdown(
-            results,
-            env,
-            not_run,
-            "python -m benchmarks.run " + " ".join(argv),
+            rows,
+            [c.id for c in not_run],
+            env["command"],
             [p.name for p in plots],
         )
     )

@@ -15,7 +15,8 @@ from benchmarks.cases import Case, full_grid, quick_grid
 from benchmarks.lengths import QUANTILES_FILE, review_lengths, sample_lengths
 from benchmarks.plot import plot_run
 from benchmarks.providers import Built, FusedProvider, Provider, TorchProvider
-from benchmarks.report import CSV_FIELDS, append_csv, csv_rows, environment, markdown
+from benchmarks.render import console_table, markdown
+from benchmarks.report import CSV_FIELDS, append_csv, csv_rows, environment, read_csv
 from benchmarks.runner import MODES, run_grid
 from benchmarks.timing import Clock, Stats, TimingConfig, measure
 
@@ -144,15 +145,22 @@ def test_csv_refuses_other_columns(tmp_path):
         append_csv(path, [])
 
 
-def test_markdown_and_plot(grid_run):
+def test_markdown_console_and_plot(grid_run):
     results, not_run, out, env, rows = grid_run
     plots = plot_run(rows, out)
     assert [p.name for p in plots] == ["sweep_cpu_float32.png"]
     assert plots[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    md = markdown(results, env, not_run, "python -m benchmarks.run --quick", [plots[0].name])
-    assert env["device_name"] in md and "| case | mode | torch |" in md
+    md = markdown(rows, ["gru-B9-T9-I9-H9-fp32"], "python -m benchmarks.run", [plots[0].name])
+    assert env["device_name"] in md and "| case | mode | torch | reference |" in md
     assert "WRONG" in md and "wrong_forward on lstm-B2-T5-I3-H4-fp32" in md
     assert "![sweep_cpu_float32.png](sweep_cpu_float32.png)" in md
+    assert "Not run (time budget): gru-B9-T9-I9-H9-fp32" in md
+    table = console_table(rows)
+    assert table.count("lstm-B2-T5-I3-H4-fp32") == len(MODES)
+    # The page renders the same from the CSV history as from the run's own rows.
+    back = [r for r in read_csv(out / "results.csv")][: len(rows)]
+    assert markdown(back, ["gru-B9-T9-I9-H9-fp32"], "python -m benchmarks.run",
+                    [plots[0].name]) == md  # fmt: skip
 
 
 def test_imdb_lengths_from_quantiles(tmp_path):
