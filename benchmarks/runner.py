@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -40,7 +40,6 @@ class Result:
     speedup: float | None = None  # torch's median / this median (same case and mode)
     peak_mb: float | None = None
     detail: str = ""  # the check verdict, the skip reason or the error
-    extra: dict = field(default_factory=dict)
 
     @property
     def us_per_step(self) -> float | None:
@@ -108,6 +107,44 @@ class Steps:
         return [m0, m1, clock.mark()]
 
 
+def _run_provider(prov, case, torch_module, inputs, oracle, device, cfg, clock, log):
+    """(status, detail, stats per mode, (infer peak, train peak)) of one provider on a case."""
+    none = (None,) * len(MODES), (None, None)
+    why = prov.skip_reason(case, device)
+    if why is not None:
+        return ("skip", why, *none)
+    try:
+        built = prov.build(torch_module, case)
+        verdicts = [
+            oracle.verdict(call_once(case, built.fn, built.params, inputs, t), t, built.param_grads)
+            for t in (False, True)
+        ]
+    except Exception as e:  # noqa: BLE001 - any failure is reported, not raised
+        if type(e).__name__ == "BackendUnavailableError":
+            return ("skip", _short(e), *none)
+        log(f"  {prov.name}: {traceback.format_exc(limit=-3)}")
+        return ("error", _short(e), *none)
+    detail = "; ".join(
+        f"{'train' if i else 'infer'} {v.describe()}" for i, v in enumerate(verdicts)
+    )
+    if not all(v.ok for v in verdicts):
+        return ("WRONG", detail, *none)
+    try:
+        steps = Steps(case, built, inputs)
+        (infer,) = measure(steps.infer, clock, cfg)
+        train_fwd, bwd, fwd_bwd = measure(steps.train, clock, cfg, ((0, 1), (1, 2), (0, 2)))
+        peaks = (
+            peak_memory_mb(lambda: steps.infer(clock), device),
+            peak_memory_mb(lambda: steps.train(clock), device),
+        )
+    except Exception as e:  # noqa: BLE001
+        log(f"  {prov.name}: {traceback.format_exc(limit=-3)}")
+        return ("error", _short(e), *none)
+    if built.note:
+        detail += f"; {built.note}"
+    return "ok", detail, (infer, train_fwd, bwd, fwd_bwd), peaks
+
+
 def run_case(
     case: Case,
     providers: list[Provider],
@@ -126,75 +163,23 @@ def run_case(
     clock = Clock(device)
     results: list[Result] = []
 
-    def emit(provider, status, detail, stats=(None,) * 4, peaks=(None, None), extra=None):
+    def emit(provider, status, detail, stats, peaks):
         for mode, st in zip(MODES, stats):
-            peak = peaks[0] if mode == "infer" else peaks[1]
             results.append(
-                Result(
-                    case,
-                    provider,
-                    mode,
-                    status,
-                    T,
-                    inputs.lengths_source,
-                    mean_len,
-                    st,
-                    None,
-                    peak,
-                    detail,
-                    extra or {},
-                )
-            )
+                Result(case, provider, mode, status, T, inputs.lengths_source, mean_len,
+                       stats=st, peak_mb=peaks[0] if mode == "infer" else peaks[1],
+                       detail=detail)
+            )  # fmt: skip
 
     for prov in providers:
         if not case.wants(prov.name):
             continue
-        why = prov.skip_reason(case, device)
-        if why is not None:
-            emit(prov.name, "skip", why)
-            continue
-        try:
-            built = prov.build(torch_module, case)
-            verdicts = [
-                oracle.verdict(
-                    call_once(case, built.fn, built.params, inputs, t), t, built.param_grads
-                )
-                for t in (False, True)
-            ]
-        except Exception as e:  # noqa: BLE001 - any failure is reported, not raised
-            status = "skip" if type(e).__name__ == "BackendUnavailableError" else "error"
-            emit(prov.name, status, _short(e))
-            if status == "error":
-                log(f"  {prov.name}: {traceback.format_exc(limit=-3)}")
-            continue
-        bad = [v for v in verdicts if not v.ok]
-        detail = "; ".join(
-            f"{'train' if i else 'infer'} {v.describe()}" for i, v in enumerate(verdicts)
+        status, detail, stats, peaks = _run_provider(
+            prov, case, torch_module, inputs, oracle, device, cfg, clock, log
         )
-        if bad:
-            emit(prov.name, "WRONG", detail)
-            continue
-        try:
-            steps = Steps(case, built, inputs)
-            (infer,) = measure(steps.infer, clock, cfg)
-            train_fwd, bwd, fwd_bwd = measure(steps.train, clock, cfg, ((0, 1), (1, 2), (0, 2)))
-            peaks = (
-                peak_memory_mb(lambda s=steps: s.infer(clock), device),
-                peak_memory_mb(lambda s=steps: s.train(clock), device),
-            )
-        except Exception as e:  # noqa: BLE001
-            emit(prov.name, "error", _short(e))
-            log(f"  {prov.name}: {traceback.format_exc(limit=-3)}")
-            continue
-        emit(
-            prov.name,
-            "ok",
-            detail + (f"; {built.note}" if built.note else ""),
-            (infer, train_fwd, bwd, fwd_bwd),
-            peaks,
-        )
+        emit(prov.name, status, detail, stats, peaks)
         if device == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # also after an error, so one OOM does not cascade
 
     base = {r.mode: r.stats.median_ms for r in results if r.provider == "torch" and r.stats}
     for r in results:
