@@ -26,7 +26,7 @@ def fmt_ms(ms: float) -> str:
 def _cell(r: dict) -> str:
     if r["status"] != "ok":
         return r["status"]
-    t = fmt_ms(float(r["median_ms"]))
+    t = fmt_ms(float(r[f"{r['stat']}_ms"]))
     if r["provider"] == "torch" or not r["speedup_vs_torch"]:
         return t
     return f"{t} ({float(r['speedup_vs_torch']):.2f}x)"
@@ -77,14 +77,15 @@ def markdown(rows: list[dict], not_run=(), command: str = "", plots=()) -> str:
     ``rows``: CSV rows of one run; ``not_run``: ids of cases the time budget left out.
     """
     env = rows[0]
+    stat = "minimum" if env["stat"] == "min" else "median"
     dtypes = ", ".join(dict.fromkeys(SHORT_DTYPE[r["dtype"]] for r in rows))
     lines = [
         f"## Benchmarks on {env['device_name']}",
         "",
         f"Measured {env['date']} at commit `{env['commit']}` with torch {env['torch']} "
         f"({env['threads']} threads, load average {env['loadavg'] or 'n/a'} at the start), "
-        f"{dtypes}. Median time per call (whole sequence); "
-        "in brackets torch's median over the provider's, so above 1x is faster than "
+        f"{dtypes}. {stat.capitalize()} time per call (whole sequence); "
+        f"in brackets torch's {stat} over the provider's, so above 1x is faster than "
         "torch's own module. Every timed provider first matched a float64 run of nn.LSTM/GRU "
         "(outputs, final states, all gradients) within 2x of torch's own error; one that did "
         "not is shown as WRONG and was not timed. A blank cell: the provider is not in that "
@@ -94,7 +95,8 @@ def markdown(rows: list[dict], not_run=(), command: str = "", plots=()) -> str:
     if _busy(env):
         lines += [
             f"**Measured beside other work** (load average {env['loadavg']}): times are slower "
-            "and noisier than on an idle machine; the CSV keeps the minimum and the 20th-80th "
+            "and noisier than on an idle machine (a call that loses its core for a time slice "
+            "lands in the upper percentiles); the CSV keeps the median, minimum and 20th-80th "
             "percentiles of every case.",
             "",
         ]

@@ -1,8 +1,8 @@
 """The CSV history: a run's environment, one row per case, provider and mode, append and read.
 
-Speedups are torch's median time over the provider's (same case, mode and run): above 1x is
-faster than torch's module. Times are per call (the whole sequence); ``us_per_step`` divides
-by the padded length T.
+Speedups are torch's time over the provider's (same case, mode and run; the median, or the
+minimum where the run said ``--stat min``): above 1x is faster than torch's module. Times
+are per call (the whole sequence); ``us_per_step`` divides by the padded length T.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ CSV_FIELDS = [
     "mean_len",
     "tags",
     "status",
+    "stat",
     "median_ms",
     "p20_ms",
     "p80_ms",
@@ -134,6 +135,7 @@ def csv_rows(results: list[Result], env: dict) -> list[dict]:
                 "mean_len": _fmt(r.mean_len, ".1f"),
                 "tags": "+".join(c.tags),
                 "status": r.status,
+                "stat": r.stat,
                 "median_ms": _fmt(s and s.median_ms, ".4f"),
                 "p20_ms": _fmt(s and s.p20_ms, ".4f"),
                 "p80_ms": _fmt(s and s.p80_ms, ".4f"),

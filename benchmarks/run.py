@@ -63,6 +63,12 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--stat",
+        choices=("median", "min"),
+        default="median",
+        help="what the table and speedups use (min: on a busy shared CPU)",
+    )
+    ap.add_argument(
         "--data-dir", default=None, help="folder holding imdb/train.tsv.gz (default ../shared/data)"
     )
     ap.add_argument("--dry-run", action="store_true", help="list cases and estimate, run nothing")
@@ -129,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     cfg = TimingConfig.for_device(args.device, quick=not args.full)
     t0 = time.monotonic()
-    results, not_run = run_grid(grid, providers, args.device, cfg, args.seed, args.data_dir, budget)
+    results, not_run = run_grid(
+        grid, providers, args.device, cfg, args.seed, args.data_dir, budget, stat=args.stat
+    )
     print(
         f"\n{env['device_name']}, torch {env['torch']}, {env['threads']} threads, "
         f"commit {env['commit']}; {time.monotonic() - t0:.0f}s\n"

@@ -49,6 +49,10 @@ class Stats:
     min_ms: float
     n: int
 
+    def ms(self, stat: str) -> float:
+        """The ``stat`` ("median" or "min") in milliseconds."""
+        return {"median": self.median_ms, "min": self.min_ms}[stat]
+
     @staticmethod
     def of(samples_ms: Sequence[float]) -> Stats:
         if not samples_ms:

@@ -241,3 +241,15 @@ def test_stats_and_measure_spans():
     fwd, bwd, total = measure(step, clock, cfg, ((0, 1), (1, 2), (0, 2)))
     assert (fwd.median_ms, bwd.median_ms, total.median_ms) == (2.0, 3.0, 5.0)
     assert fwd.n == 7  # the fake step takes no wall time, so the loop is capped by max_reps
+
+
+def test_min_statistic_drives_speedups_and_csv():
+    reps = TimingConfig(warmup=1, target_s=0.0, min_reps=3, max_reps=3)
+    results, _ = run_grid(TINY[:1], [TorchProvider()], "cpu", reps, log=lambda *_: None,
+                          stat="min")  # fmt: skip
+    for r in results:
+        assert r.stat == "min" and r.speedup == 1.0
+        assert r.us_per_step == pytest.approx(r.stats.min_ms * 1e3 / r.T)
+    rows = csv_rows(results, environment("cpu"))
+    assert {r["stat"] for r in rows} == {"min"}
+    assert "Minimum time per call" in markdown(rows)
