@@ -4,8 +4,9 @@ and reports each kernel's registers and spills.
 
 Run with TRITON_INTERPRET unset (the kernels must be JIT functions, not interpreted ones):
 ``python -m fused_rnn.triton.aot [--all]`` compiles on every core and prints one line per
-kernel: by default one config per (kernel, path) in bf16 and in fp32 (fp16 differs from bf16
-only in the element type), the one with the largest tiles; with --all every config.
+kernel: by default one config per (kernel, path, resident K in one or two pieces) in bf16 and
+in fp32 (fp16 differs from bf16 only in the element type), the one with the largest tiles;
+with --all every config.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ def compile_config(kernel, dtype: torch.dtype, cfg: Config) -> dict:
 def jobs(everything: bool) -> list[tuple]:
     """(kernel, dtype, cfg) for every kernel and every config the GPU path can pick; unless
     ``everything``, only bf16 and fp32 and the config with the largest HP per (kernel, dtype,
-    path) -- the one with the most registers, most likely to fail (each compile takes
-    seconds on a CPU)."""
+    path, K in one piece or two) -- the one with the most registers, most likely to fail
+    (each compile takes seconds on a CPU)."""
     kernels = {
         False: (lstm._lstm_fwd_kernel, gru._gru_fwd_kernel),
         True: (lstm._lstm_bwd_kernel, gru._gru_bwd_kernel),
@@ -101,7 +102,7 @@ def jobs(everything: bool) -> list[tuple]:
     for k, dt, cfg in out:
         if dt == torch.float16:
             continue
-        key = (id(k), dt, cfg.path)
+        key = (id(k), dt, cfg.path, cfg.HP2 > 0)
         if key not in largest or cfg.HP > largest[key][2].HP:
             largest[key] = (k, dt, cfg)
     return list(largest.values())

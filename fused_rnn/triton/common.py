@@ -139,6 +139,47 @@ def rec_fwd_chunked(
 
 
 @triton.jit
+def w_fwd_resident(
+    w_ptr, j, j_ok, H,
+    G: tl.constexpr, BH: tl.constexpr, HP: tl.constexpr, HP2: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):  # fmt: skip
+    """The resident forward W_hh^T tile in two power-of-two K pieces, rows [0, HP) and
+    [HP, HP + HP2) (HP2 = 0: one piece; the second value is then an unused placeholder).
+    Two pieces let H=768 hold 768 rows instead of padding to 1024."""
+    w1 = w_fwd_tile(w_ptr, j, j_ok, tl.arange(0, HP), H, G, BH, DOT_F32)
+    if HP2 > 0:
+        w2 = w_fwd_tile(w_ptr, j, j_ok, HP + tl.arange(0, HP2), H, G, BH, DOT_F32)
+    else:
+        w2 = w1
+    return w1, w2
+
+
+@triton.jit
+def rec_fwd_resident(
+    h_slot, rows, row_ok, H, w1, w2,
+    HP: tl.constexpr, HP2: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """h (B, H) slot @ the resident packed W_hh^T pieces -> (BB, 4*BH) fp32."""
+    k1 = tl.arange(0, HP)
+    acc = mm(
+        ld(h_slot, rows[:, None] * H + k1[None, :], row_ok[:, None] & (k1[None, :] < H)),
+        w1,
+        DOT_F32,
+        PREC,
+    )
+    if HP2 > 0:
+        k2 = HP + tl.arange(0, HP2)
+        acc += mm(
+            ld(h_slot, rows[:, None] * H + k2[None, :], row_ok[:, None] & (k2[None, :] < H)),
+            w2,
+            DOT_F32,
+            PREC,
+        )
+    return acc
+
+
+@triton.jit
 def w_bwd_tile(w_ptr, j, j_ok, k, H, G: tl.constexpr, DOT_F32: tl.constexpr):
     """(4, K, BH) tile [q, kk, jj] = W_hh[q*H + k[kk], j[jj]] for gate q < G, else 0."""
     q = tl.arange(0, 4)[:, None, None]
@@ -155,6 +196,32 @@ def dg_tile(dg_t, rows, row_ok, k, H, G: tl.constexpr):
     col = q + (q // 2) * (4 - G)
     ok = (q < G) & row_ok[None, :, None] & (k[None, None, :] < H)
     return ld(dg_t, rows[None, :, None] * 4 * H + col * H + k[None, None, :], ok)
+
+
+@triton.jit
+def w_bwd_resident(
+    w_ptr, j, j_ok, H, G: tl.constexpr, HP: tl.constexpr, HP2: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):  # fmt: skip
+    """The resident backward W_hh tile (4, K, BH) in two K pieces, as w_fwd_resident."""
+    w1 = w_bwd_tile(w_ptr, j, j_ok, tl.arange(0, HP), H, G, DOT_F32)
+    if HP2 > 0:
+        w2 = w_bwd_tile(w_ptr, j, j_ok, HP + tl.arange(0, HP2), H, G, DOT_F32)
+    else:
+        w2 = w1
+    return w1, w2
+
+
+@triton.jit
+def rec_bwd_resident(
+    dg_t, rows, row_ok, H, w1, w2, G: tl.constexpr,
+    HP: tl.constexpr, HP2: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """dG_t (B, 4H) @ the resident W_hh pieces -> (4, BB, BH) fp32 per-gate partial sums."""
+    acc = mm(dg_tile(dg_t, rows, row_ok, tl.arange(0, HP), H, G), w1, DOT_F32, PREC)
+    if HP2 > 0:
+        acc += mm(dg_tile(dg_t, rows, row_ok, HP + tl.arange(0, HP2), H, G), w2, DOT_F32, PREC)
+    return acc
 
 
 @triton.jit

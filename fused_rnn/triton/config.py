@@ -3,9 +3,9 @@ one launch (W_hh held on chip, or re-read from L2 each step), "step" launches on
 The GPU choice goes by size and SM count; the interpreter's keeps one program per batch block
 for the in-kernel loop (see docs/triton_backend.md).
 
-Dimension legend: B batch, H hidden, HP padded hidden size a resident program holds whole,
-BB batch rows per program, BH hidden units per program, BK K chunk of the streamed / per-step
-recurrent GEMMs.
+Dimension legend: B batch, H hidden, HP (+ HP2) the padded hidden size a resident program
+holds whole, in one or two power-of-two pieces, BB batch rows per program, BH hidden units
+per program, BK K chunk of the streamed / per-step recurrent GEMMs.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ class Config:
     path: str
     BB: int  # batch rows per program
     BH: int  # hidden units per program
-    HP: int  # resident: the whole K of the recurrent GEMM in one tile (next_pow2(H) or more)
+    HP: int  # resident: the K of the recurrent GEMM held whole, in pieces HP and HP2 (0: none)
+    HP2: int
     BK: int  # streamed / step: K chunk of the recurrent GEMM
     num_warps: int
     dot_f32: bool  # run tl.dot in fp32 (fp32 inputs; bf16/fp16 under the interpreter)
@@ -48,6 +49,7 @@ class Config:
             BB=self.BB,
             BH=self.BH,
             HP=self.HP,
+            HP2=self.HP2,
             BK=self.BK,
             PERSISTENT=self.path != "step",
             RESIDENT=self.path == "resident",
@@ -61,7 +63,8 @@ class Config:
 # backward, the (4, BB, HP) dG operand) is where ptxas starts spilling in the sm_90 AOT
 # compile; the chunked paths' BK likewise (python -m fused_rnn.triton.aot --all; figures in
 # docs/triton_backend.md).
-RESIDENT_HP = (128, 256, 512, 1024)
+RESIDENT_HP = (128, 256, 512, 1024)  # the padded size before any split in two pieces
+RESIDENT_SPLIT_MIN = 512  # split HP into HP/2 + HP/4 from here on when that covers H
 RESIDENT_BYTES = 128 * 1024
 RESIDENT_WARPS = 8
 GPU_BB = 16
@@ -72,6 +75,16 @@ CHUNK_WARPS = 4
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def resident_k(H: int, min_hp: int, min_split: int) -> tuple[int, int]:
+    """(HP, HP2), powers of two (HP2 may be 0) with HP + HP2 >= H: p = max(min_hp,
+    next_pow2(H)) in one piece, or as p/2 + p/4 when p >= min_split and that covers H (H=768:
+    512 + 256 instead of 1024, a quarter less register and dot work)."""
+    p = max(min_hp, next_pow2(H))
+    if p >= min_split and p // 2 + p // 4 >= H:
+        return p // 2, p // 4
+    return p, 0
 
 
 def num_sms(device: torch.device) -> int:
@@ -87,11 +100,11 @@ def why_not(path: str, bwd: bool, B: int, H: int, dtype: torch.dtype, n_sms: int
         return f"{progs} programs > {n_sms} SMs (all must be co-resident for the grid barrier)"
     if path == "streamed":
         return None
-    hp = max(RESIDENT_HP[0], next_pow2(H))
-    if hp > RESIDENT_HP[-1]:
+    if H > RESIDENT_HP[-1]:
         return f"H={H} > {RESIDENT_HP[-1]}"
-    # forward: the packed (HP, 4*BH) W_hh^T tile; backward also the (4, BB, HP) dG operand
-    n = 4 * hp * GPU_BH + (4 * GPU_BB * hp if bwd else 0)
+    k = sum(resident_k(H, RESIDENT_HP[0], RESIDENT_SPLIT_MIN))
+    # forward: the packed (K, 4*BH) W_hh^T tile; backward also the (4, BB, K) dG operand
+    n = 4 * k * GPU_BH + (4 * GPU_BB * k if bwd else 0)
     nbytes = n * (4 if dtype == torch.float32 else 2)
     if nbytes > RESIDENT_BYTES:
         return f"{nbytes} B of on-chip operands per program > {RESIDENT_BYTES}"
@@ -110,10 +123,10 @@ def gpu_config(
         path = next(p for p in PATHS if why_not(p, bwd, B, H, dtype, n_sms) is None)
     f32 = dtype == torch.float32
     if path == "resident":
-        hp = max(RESIDENT_HP[0], next_pow2(H))
-        return Config(path, GPU_BB, GPU_BH, hp, hp, RESIDENT_WARPS, f32)
+        hp, hp2 = resident_k(H, RESIDENT_HP[0], RESIDENT_SPLIT_MIN)
+        return Config(path, GPU_BB, GPU_BH, hp, hp2, hp, RESIDENT_WARPS, f32)
     bk = CHUNK_BK[dtype]
-    return Config(path, GPU_BB, GPU_BH, bk, bk, CHUNK_WARPS, f32)
+    return Config(path, GPU_BB, GPU_BH, bk, 0, bk, CHUNK_WARPS, f32)
 
 
 def interpreter_config(B: int, H: int, path: str | None) -> Config:
@@ -128,10 +141,12 @@ def interpreter_config(B: int, H: int, path: str | None) -> Config:
     k = min(hp, 16)
     path = path or ("resident" if hp <= 256 else "step")
     if path == "resident":
-        return Config(path, bb, hp, hp, hp, 1, True)
+        # the K split from 4 up, so that small test shapes cover one and two pieces
+        k1, k2 = resident_k(H, 1, 4)
+        return Config(path, bb, hp, k1, k2, k1, 1, True)
     if path == "streamed":
-        return Config(path, bb, hp, k, k, 1, True)
-    return Config(path, bb, k, k, k, 1, True)
+        return Config(path, bb, hp, k, 0, k, 1, True)
+    return Config(path, bb, k, k, 0, k, 1, True)
 
 
 def choose_config(bwd: bool, B: int, H: int, dtype: torch.dtype, device: torch.device) -> Config:
@@ -146,12 +161,14 @@ def choose_config(bwd: bool, B: int, H: int, dtype: torch.dtype, device: torch.d
 
 def shipped_gpu_configs() -> list[tuple[bool, torch.dtype, Config]]:
     """Every (bwd, dtype, config) that gpu_config can pick on any GPU (for the ahead-of-time
-    compile test). The tiles depend on (B, H) only through the path and, resident, HP."""
+    compile test). The tiles depend on (B, H) only through the path and, resident, (HP, HP2):
+    each padded size p once whole (H = p) and once split (H = 3p/4)."""
     out = set()
+    sizes = sorted({h for p in RESIDENT_HP for h in (p, 3 * p // 4)} | {2 * RESIDENT_HP[-1]})
     for bwd in (False, True):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             for path in PATHS:
-                for H in (*RESIDENT_HP, 2 * RESIDENT_HP[-1]):
+                for H in sizes:
                     if why_not(path, bwd, 1, H, dtype, 10**6) is None:
                         out.add((bwd, dtype, gpu_config(bwd, 1, H, dtype, 10**6, path)))
     return sorted(out, key=str)

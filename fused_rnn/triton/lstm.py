@@ -19,18 +19,18 @@ import triton.language as tl
 from torch import Tensor
 
 from .common import (
-    dg_tile,
     grid_barrier,
     ld,
-    mm,
     rec_bwd_chunked,
+    rec_bwd_resident,
     rec_fwd_chunked,
+    rec_fwd_resident,
     sigmoid,
     split_gates,
     st,
     tanh,
-    w_bwd_tile,
-    w_fwd_tile,
+    w_bwd_resident,
+    w_fwd_resident,
 )
 from .config import choose_config
 from .launch import F32, HALF_OR_F32, I64, check_args, run_recurrence
@@ -58,6 +58,7 @@ def _lstm_fwd_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     HP: tl.constexpr,
+    HP2: tl.constexpr,
     BK: tl.constexpr,
     PERSISTENT: tl.constexpr,
     RESIDENT: tl.constexpr,
@@ -81,9 +82,8 @@ def _lstm_fwd_kernel(
     b_o = tl.load(b_ptr + 3 * H + j, mask=j_ok, other=0.0)[None, :]
     BH4 = B * H * 4
     if RESIDENT:
-        # packed W_hh^T tile (HP, 4*BH) of this program's units: loaded once, held on chip
-        kk = tl.arange(0, HP)
-        w_res = w_fwd_tile(w_ptr, j, j_ok, kk, H, 4, BH, DOT_F32)
+        # packed W_hh^T tile (HP + HP2, 4*BH) of this program's units: loaded once, held on chip
+        w1, w2 = w_fwd_resident(w_ptr, j, j_ok, H, 4, BH, HP, HP2, DOT_F32)
     for s in range(n_iter):
         t = (t_first + s).to(tl.int64)
         if PERSISTENT:
@@ -94,8 +94,7 @@ def _lstm_fwd_kernel(
         c_slot = cs_ptr + (t % slots) * B * H
         # recurrent GEMM: h_{t-1} @ W_hh^T for this program's units, gates side by side
         if RESIDENT:
-            h = ld(h_slot, rows[:, None] * H + kk[None, :], row_ok[:, None] & (kk[None, :] < H))
-            acc = mm(h, w_res, DOT_F32, PREC)
+            acc = rec_fwd_resident(h_slot, rows, row_ok, H, w1, w2, HP, HP2, DOT_F32, PREC)
         else:
             acc = rec_fwd_chunked(
                 h_slot, rows, row_ok, w_ptr, j, j_ok, H, 4, BB, BH, BK, DOT_F32, PREC
@@ -146,6 +145,7 @@ def _lstm_bwd_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     HP: tl.constexpr,
+    HP2: tl.constexpr,
     BK: tl.constexpr,
     PERSISTENT: tl.constexpr,
     RESIDENT: tl.constexpr,
@@ -168,9 +168,8 @@ def _lstm_bwd_kernel(
     gate = rows[:, None] * 4 * H + j[None, :]
     BH4 = B * H * 4
     if RESIDENT:
-        # W_hh tile (4, HP, BH): the columns of this program's units, gate by gate, on chip
-        kk = tl.arange(0, HP)
-        w_res = w_bwd_tile(w_ptr, j, j_ok, kk, H, 4, DOT_F32)
+        # W_hh tile (4, HP + HP2, BH): the columns of this program's units, gate by gate, on chip
+        w1, w2 = w_bwd_resident(w_ptr, j, j_ok, H, 4, HP, HP2, DOT_F32)
     for s in range(n_iter):
         t = (t_first - s).to(tl.int64)
         if PERSISTENT:
@@ -181,7 +180,7 @@ def _lstm_bwd_kernel(
         if t + 1 < T:
             d_t = dg_ptr + (t + 1) * BH4
             if RESIDENT:
-                part = mm(dg_tile(d_t, rows, row_ok, kk, H, 4), w_res, DOT_F32, PREC)
+                part = rec_bwd_resident(d_t, rows, row_ok, H, w1, w2, 4, HP, HP2, DOT_F32, PREC)
             else:
                 part = rec_bwd_chunked(
                     d_t, rows, row_ok, w_ptr, j, j_ok, H, 4, BB, BH, BK, DOT_F32, PREC
