@@ -73,7 +73,15 @@ def bench(threads: int, shape: str, cell: str, mode: str, warmup: int, repeats: 
     best = {f"{k}_min": min(v) * 1e3 for k, v in times.items()}
     # Ratio of the two runs of the same repeat: robust against load that drifts over the run.
     paired = statistics.median(a / b for a, b in zip(times["torch"], times["cpp"]))
-    return {"threads": threads, "shape": shape, "cell": cell, "mode": mode, "paired": paired, **med, **best}
+    return {
+        "threads": threads,
+        "shape": shape,
+        "cell": cell,
+        "mode": mode,
+        "paired": paired,
+        **med,
+        **best,
+    }
 
 
 def main() -> None:
