@@ -139,7 +139,10 @@ def _check_half(cell, dtype, T, B, n_in, H, lengths):
         base = _run(REF, cell, inputs, params, lens, grads_in)
     else:
         assert lens is None, "nn.LSTM baseline runs full-length sequences"
-        base = _run_torch(cell, inputs, params, grads_in)
+        try:
+            base = _run_torch(cell, inputs, params, grads_in)
+        except RuntimeError as e:  # bf16 RNNs need cuDNN >= 9.13 (TARGETS.md)
+            pytest.skip(f"no nn.{cell.upper()} baseline in {dtype} here: {e}")
     for grp in range(2):
         for k, (o, b, e) in enumerate(zip(ours[grp], base[grp], exact[grp])):
             assert o.dtype == dtype and o.shape == e.shape
@@ -328,15 +331,17 @@ def test_gpu_full_shape_fp32(monkeypatch, path, cell):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("path", [None, *config.PATHS])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gpu_anchor_shape_bf16(monkeypatch, path, cell):
-    """The TARGETS.md shape (H=768 B=16, shortened to T=64) in bf16 on every path that can run
-    it (resident: H=512, where both directions hold W_hh on chip), against cuDNN's error."""
+def test_gpu_anchor_shape_half(monkeypatch, path, cell, dtype):
+    """The TARGETS.md shape (H=768 B=16, shortened to T=64) in half precision on every path
+    that can run it (resident: H=512, where both directions hold W_hh on chip), against
+    cuDNN's error."""
     if path is not None:
         monkeypatch.setenv(config.PATH_ENV, path)
     H = 512 if path == "resident" else 768
-    _check_half(cell, torch.bfloat16, 64, 16, 768, H, None)
+    _check_half(cell, dtype, 64, 16, 768, H, None)
 
 
 @pytest.mark.gpu
