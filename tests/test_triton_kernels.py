@@ -9,6 +9,8 @@ so shapes stay tiny.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -256,6 +258,21 @@ def test_supports_and_available():
     other = "cuda" if DEV == "cpu" else "cpu"
     if other == "cpu" or torch.cuda.is_available():
         assert other in BE.supports("gru", torch.empty(1, 1, 1, device=other), False)
+
+
+def test_without_triton_the_backend_says_why():
+    """With triton not importable, the registry reports the reason instead of failing."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import fused_rnn\n"
+        "print(fused_rnn.backend_status()['triton'])\n"
+        "print('triton' in fused_rnn.available_backends())"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr
+    why, listed = out.stdout.splitlines()
+    assert "triton is not installed" in why and listed == "False"
 
 
 def test_path_override_is_validated(monkeypatch):
