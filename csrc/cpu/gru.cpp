@@ -5,10 +5,10 @@
 //   r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n),
 //   h = (1 - z) * n + z * h_prev,   with gi = x W_ih^T + b_ih and gh = h_prev W_hh^T + b_hh.
 //
-// Forward: gi for every step is one GEMM into the `gates` buffer before the loop; each step runs
-// one GEMM for gh (into one (B, 3H) buffer) and one fused, vectorised pointwise pass per batch row
-// that overwrites gi[t] with r, z, n and saves gh_n (needed by backward). Nothing is allocated
-// inside the time loop.
+// Forward: x W_ih^T for every step is one GEMM into the `gates` buffer before the loop; each step
+// runs one GEMM for h W_hh^T (into one (B, 3H) buffer) and one fused, vectorised pointwise pass
+// per batch row that adds the biases, overwrites gates[t] with r, z, n and saves gh_n (needed by
+// backward). Nothing is allocated inside the time loop.
 // Backward: per step, one pointwise pass (the gradients of gi and gh pre-activations) and one
 // GEMM (dgh[t] W_hh -> dh_{t-1}); dx, dW_ih, dW_hh, db_ih, db_hh are large GEMMs / sums after it.
 // Per-sequence lengths: as for the LSTM, a padded step writes y = 0, freezes the state and has zero
@@ -37,13 +37,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd_kernel(
   using Vec = Vectorized<scalar_t>;
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = 3 * H;
 
-  Tensor gates = at::empty({T, B, G}, x.options());  // gi, then r, z, n in place
+  // x W_ih^T for every step (one GEMM), then r, z, n in place. Both biases are added in the
+  // pointwise pass, which saves the GEMMs a pass over their outputs.
+  Tensor gates = at::empty({T, B, G}, x.options());
   Tensor g2d = gates.view({T * B, G});
-  if (b_ih.defined()) {
-    at::addmm_out(g2d, b_ih, x.view({T * B, I}), w_ih.t());
-  } else {
-    at::mm_out(g2d, x.view({T * B, I}), w_ih.t());
-  }
+  at::mm_out(g2d, x.view({T * B, I}), w_ih.t());
+  const scalar_t* bip = b_ih.defined() ? b_ih.data_ptr<scalar_t>() : nullptr;
   Tensor y = at::empty({T, B, H}, x.options());
   Tensor h = h0.clone();
   Tensor gh = at::empty({B, G}, x.options());  // h_{t-1} W_hh^T of the current step (no bias)
@@ -73,16 +72,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd_kernel(
         }
         return;
       }
-      // gh + b_hh for the gate block starting at column `off`.
+      // gi + b_ih and gh + b_hh for the gate block starting at column `off`.
+      auto gi_at = [&](int64_t off, int64_t n) {
+        const Vec v = Vec::loadu(g + off, n);
+        return bip ? v + Vec::loadu(bip + off, n) : v;
+      };
       auto gh_at = [&](int64_t off, int64_t n) {
         const Vec v = Vec::loadu(ghr + off, n);
         return bhp ? v + Vec::loadu(bhp + off, n) : v;
       };
       for_each_vec<scalar_t>(H, [&](int64_t j, int64_t n) {
-        const Vec r = vsigmoid(Vec::loadu(g + j, n) + gh_at(j, n));
-        const Vec z = vsigmoid(Vec::loadu(g + H + j, n) + gh_at(H + j, n));
+        const Vec r = vsigmoid(gi_at(j, n) + gh_at(j, n));
+        const Vec z = vsigmoid(gi_at(H + j, n) + gh_at(H + j, n));
         const Vec ghn_v = gh_at(2 * H + j, n);
-        const Vec nn = (Vec::loadu(g + 2 * H + j, n) + r * ghn_v).tanh();
+        const Vec nn = (gi_at(2 * H + j, n) + r * ghn_v).tanh();
         const Vec hn = nn + z * (Vec::loadu(hr + j, n) - nn);  // (1 - z) n + z h_prev
         hn.store(hr + j, n);
         hn.store(yr + j, n);

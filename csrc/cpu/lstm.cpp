@@ -4,10 +4,10 @@
 // order i, f, g, o, so a (B, 4H) gate row is [i | f | g | o], H columns each.
 //
 // Forward: the input projection of every step is one GEMM (T*B, I) x (I, 4H) written into the
-// `gates` buffer with both biases folded in; each step adds h_{t-1} W_hh^T into its slice of that
-// buffer with one GEMM and then runs one fused, vectorised pointwise pass per batch row that turns
-// the pre-activations into i, f, g, o (stored back in place), c_t and h_t. Nothing is allocated
-// inside the time loop.
+// `gates` buffer; each step adds h_{t-1} W_hh^T into its slice of that buffer with one GEMM and
+// then runs one fused, vectorised pointwise pass per batch row that adds b_ih + b_hh and turns the
+// pre-activations into i, f, g, o (stored back in place), c_t and h_t. Nothing is allocated inside
+// the time loop.
 // Backward: the reverse time loop runs one pointwise pass (gate gradients dG[t]) and one GEMM
 // (dG[t] W_hh -> dh_{t-1}) per step; dx, dW_ih, dW_hh and db are large GEMMs / one sum over all
 // steps after the loop.
@@ -38,14 +38,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd_kernel(
   using Vec = Vectorized<scalar_t>;
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = 4 * H;
 
-  // Pre-activations of every step: x W_ih^T + b_ih + b_hh (one GEMM), later + h W_hh^T.
+  // Pre-activations of every step: x W_ih^T (one GEMM), then + h W_hh^T per step; the bias is
+  // added in the pointwise pass, which saves the GEMM a full extra pass over this buffer.
   Tensor gates = at::empty({T, B, G}, x.options());
   Tensor g2d = gates.view({T * B, G});
-  if (bias.defined()) {
-    at::addmm_out(g2d, bias, x.view({T * B, I}), w_ih.t());
-  } else {
-    at::mm_out(g2d, x.view({T * B, I}), w_ih.t());
-  }
+  at::mm_out(g2d, x.view({T * B, I}), w_ih.t());
+  const scalar_t* bp = bias.defined() ? bias.data_ptr<scalar_t>() : nullptr;
   Tensor y = at::empty({T, B, H}, x.options());
   Tensor h = h0.clone();  // state h_{t-1}, the left operand of the recurrent GEMM
   // The cell state lives in cs[t] when it is saved, else in one (B, H) buffer updated in place.
@@ -77,11 +75,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd_kernel(
         }
         return;
       }
+      // Pre-activation (with b_ih + b_hh) of the gate block starting at column `off`.
+      auto pre = [&](int64_t off, int64_t n) {
+        const Vec v = Vec::loadu(g + off, n);
+        return bp ? v + Vec::loadu(bp + off, n) : v;
+      };
       for_each_vec<scalar_t>(H, [&](int64_t j, int64_t n) {
-        const Vec i = vsigmoid(Vec::loadu(g + j, n));
-        const Vec f = vsigmoid(Vec::loadu(g + H + j, n));
-        const Vec gg = Vec::loadu(g + 2 * H + j, n).tanh();
-        const Vec o = vsigmoid(Vec::loadu(g + 3 * H + j, n));
+        const Vec i = vsigmoid(pre(j, n));
+        const Vec f = vsigmoid(pre(H + j, n));
+        const Vec gg = pre(2 * H + j, n).tanh();
+        const Vec o = vsigmoid(pre(3 * H + j, n));
         const Vec cn = f * Vec::loadu(cp + j, n) + i * gg;
         const Vec hn = o * cn.tanh();
         cn.store(c + j, n);
