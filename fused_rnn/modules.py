@@ -23,15 +23,28 @@ from .functional import rnn_forward
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell"]
 
 
-class _FusedRNNMixin:
-    """The forward shared by LSTM and GRU (torch's forward with the fused layers underneath)."""
-
-    _mode: str  # "lstm" | "gru"
+class _BackendMixin:
+    """The ``backend`` attribute every fused module carries: validated, shown in repr when not
+    "auto", and defaulted when unpickling a module saved without it."""
 
     def _init_backend(self, backend: str) -> None:
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a string, got {type(backend).__name__}")
         self.backend = backend
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", "auto")
+
+
+class _FusedRNNMixin(_BackendMixin):
+    """The forward shared by LSTM and GRU (torch's forward with the fused layers underneath)."""
+
+    _mode: str  # "lstm" | "gru"
 
     def _layer_weights(self) -> list[tuple]:
         D = 2 if self.bidirectional else 1
@@ -131,14 +144,6 @@ class _FusedRNNMixin:
         result = PackedSequence(out_data, batch_sizes, sorted_idx, unsorted_idx)
         return result, self.permute_hidden(self._from_tuple(states), unsorted_idx)
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self.__dict__.setdefault("backend", "auto")
-
 
 class LSTM(_FusedRNNMixin, nn.RNNBase):
     """``torch.nn.LSTM`` with fused kernels. Same arguments plus ``backend="auto"``.
@@ -172,7 +177,7 @@ class GRU(_FusedRNNMixin, nn.RNNBase):
         self._init_backend(backend)
 
 
-class _FusedCellMixin:
+class _FusedCellMixin(_BackendMixin):
     """One step of the cell = the sequence contract with T = 1."""
 
     _mode: str
@@ -239,14 +244,6 @@ class _FusedCellMixin:
             out = tuple(s.squeeze(0) for s in out)
         return out if self._mode == "lstm" else out[0]
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        self.__dict__.setdefault("backend", "auto")
-
 
 class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     """``torch.nn.LSTMCell`` with fused kernels: input (B, I) or (I,), hx ``(h, c)`` of (B, H).
@@ -256,7 +253,7 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
-        _FusedRNNMixin._init_backend(self, backend)
+        self._init_backend(backend)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
         return self._cell_forward(input, hx)
@@ -269,7 +266,7 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
-        _FusedRNNMixin._init_backend(self, backend)
+        self._init_backend(backend)
 
     def forward(self, input: Tensor, hx: Tensor | None = None):
         return self._cell_forward(input, hx)
