@@ -242,3 +242,33 @@ def test_stale_library_detected(tmp_path):
     os.utime(lib, (0, 0))
     stale = _stale_sources(str(lib))
     assert "csrc/ops.cpp" in stale and "csrc/cpu/lstm.cpp" in stale
+
+
+def test_unpacked_gemm_fallback_matches(tmp_path):
+    """float32 runs the per-step GEMM on MKL's packed weight when torch exports it; the at::addmm_
+    fallback (FUSED_RNN_CPU_PACKED_GEMM=0, also what float64 and non-MKL builds use) must give
+    the same results. The fallback is read once per process, hence the subprocess."""
+    import subprocess
+    import sys
+
+    a = _make("lstm", 5, 3, 6, 10, torch.float32, True, [5, 2, 4])
+    grads = _grads("lstm", 5, 3, 10, torch.float32)
+    torch.save((a, grads), tmp_path / "case.pt")
+    script = (
+        "import sys, torch, fused_rnn\n"
+        "from fused_rnn.ops import CppBackend\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from test_ops import _contract_run\n"
+        "a, g = torch.load(sys.argv[1] + '/case.pt')\n"
+        "torch.save(_contract_run(CppBackend(), 'lstm', a, g), sys.argv[1] + '/out.pt')\n"
+    )
+    env = {**os.environ, "FUSED_RNN_CPU_PACKED_GEMM": "0", "OMP_NUM_THREADS": "1"}
+    here = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), here], env=env, check=True, timeout=300
+    )
+    unpacked = torch.load(tmp_path / "out.pt")
+    packed = _contract_run(CPP, "lstm", a, grads)
+    for i, (p, u) in enumerate(zip(packed, unpacked)):
+        if p is not None:
+            torch.testing.assert_close(p, u, atol=2e-6, rtol=2e-6, msg=lambda m, i=i: f"#{i}: {m}")
