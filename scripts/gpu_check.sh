@@ -4,12 +4,16 @@
 #
 #   scripts/gpu_check.sh [OUT_DIR]        (default: $OUT, else ./gpu_out)
 #
+# With this workplace's device tool (at most 8 files come back from $OUT), run it as
+#   scripts/gpu_check.sh /tmp/gpu; tar czf "$OUT/gpu.tgz" -C /tmp gpu; cp /tmp/gpu/summary.md "$OUT"
+#
 # Steps (each one's exit status is recorded; a failed step does not stop the later ones):
 #   env        nvidia-smi -L, nvidia-smi, versions of python / torch / CUDA / triton / nvcc
 #   build      pip install --no-deps --no-build-isolation -e .   (compiles fused_rnn._C)
 #   pytest_gpu pytest -m gpu: GPU parity of every backend and dtype, the CUDA path checks
 #   cuda_paths the CUDA backend's persistent vs general path vs nn.LSTM/nn.GRU (cuDNN) at the
 #              TARGETS.md shapes -> cuda_paths.csv
+#   triton_paths  the Triton backend's resident / streamed / step paths vs cuDNN -> triton_paths.csv
 #   bench      python -m benchmarks.run --device cuda --full, with the time that is left
 # Writes to OUT_DIR: <step>.log, status.tsv, junit_gpu.xml, cuda_paths.csv, bench/ and
 # summary.md (statuses, device, the path timings and the benchmark's own summary).
@@ -149,6 +153,9 @@ with open(sys.argv[1], "w", newline="") as fh:
         w.writerow([dev, *row])
 EOF
 
+run_step triton_paths "$(cap 100)" "$PY" -m fused_rnn.triton.bench_paths \
+  "$OUT_DIR/triton_paths.csv"
+
 if [ -f benchmarks/run.py ]; then
   budget=$(( $(left) - 50 ))
   if [ "$budget" -ge 30 ]; then
@@ -201,7 +208,14 @@ EOF
     echo "## benchmarks.run"
     cat "$OUT_DIR"/bench/latest_*.md
   fi
-  for step in build pytest_gpu cuda_paths bench; do
+  if [ -f "$OUT_DIR/triton_paths.csv" ]; then
+    echo
+    echo "## Triton backend paths (triton_paths.csv)"
+    echo '```'
+    cat "$OUT_DIR/triton_paths.csv"
+    echo '```'
+  fi
+  for step in build pytest_gpu cuda_paths triton_paths bench; do
     rc=$(awk -F'\t' -v s="$step" '$1 == s {print $2}' "$STATUS")
     if [ -n "$rc" ] && [ "$rc" != "0" ] && [ -f "$OUT_DIR/$step.log" ]; then
       echo
