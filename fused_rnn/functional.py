@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .autograd import gru_layer, lstm_layer
 from .backends import resolve_backend
@@ -37,6 +38,14 @@ def _time_reverse(x: Tensor, index: Tensor | None) -> Tensor:
     if index is None:
         return x.flip(0)
     return x.gather(0, index.unsqueeze(-1).expand_as(x))
+
+
+def _dropout_packed(x: Tensor, lengths: Tensor, p: float) -> Tensor:
+    """Dropout of a padded (T, B, F) batch with the mask drawn over its packed data, the order
+    in which torch draws it for PackedSequence input (padding stays zero)."""
+    packed = pack_padded_sequence(x, lengths)
+    data = F.dropout(packed.data, p=p, training=True)
+    return pad_packed_sequence(PackedSequence(data, packed.batch_sizes), total_length=x.shape[0])[0]
 
 
 def _check_lengths(lengths: Tensor, T: int, B: int) -> None:
@@ -75,6 +84,7 @@ def rnn_forward(
     batch_first: bool,
     lengths: Tensor | None = None,
     backend: str = "auto",
+    packed_dropout: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Run a multi-layer, possibly bidirectional LSTM or GRU over a padded batch.
 
@@ -86,6 +96,9 @@ def rnn_forward(
             ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` with None for absent biases / projection.
         lengths: optional (B,) integer lengths, 1 <= lengths[b] <= T. Outputs past a sequence's
             end are zero and its final state is the one at its last valid step.
+        packed_dropout: draw the between-layer dropout masks over the packed data, as torch
+            does for PackedSequence input, so a seeded run matches nn.LSTM's masks exactly
+            (needs CPU ``lengths`` sorted in decreasing order, as a PackedSequence has).
 
     Returns:
         output (T, B, D*P) (batch-first if asked) and the final states shaped like ``hx``.
@@ -137,7 +150,10 @@ def rnn_forward(
             ys.append(y if d == 0 else _time_reverse(y, rev))
         layer_in = ys[0] if D == 1 else torch.cat(ys, 2)
         if dropout > 0 and training and layer < num_layers - 1:
-            layer_in = F.dropout(layer_in, p=dropout, training=True)
+            if packed_dropout and lens is not None:
+                layer_in = _dropout_packed(layer_in, lengths, dropout)
+            else:
+                layer_in = F.dropout(layer_in, p=dropout, training=True)
     out = layer_in.transpose(0, 1) if batch_first else layer_in
     states = (torch.stack(h_out, 0),)
     if is_lstm:

@@ -100,6 +100,7 @@ class _FusedRNNMixin(_BackendMixin):
             batch_first,
             lengths,
             self.backend,
+            packed_dropout=lengths is not None,
         )
 
     def forward(self, input, hx=None):

@@ -335,3 +335,25 @@ def test_hidden_on_another_device_is_a_clear_error():
     h = torch.zeros(1, 2, 4, device="meta")
     with pytest.raises(RuntimeError, match="Input and hidden tensors are not at the same device"):
         m(x, (h, h))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru"])
+def test_train_mode_dropout_draws_torchs_masks(theirs_cls, ours_cls, packed):
+    """Same seed, same masks as torch: between-layer dropout is drawn in torch's layout (over
+    the packed data for PackedSequence input), so seeded training runs track each other."""
+    theirs = theirs_cls(4, 6, num_layers=3, dropout=0.5, bidirectional=True).train()
+    ours = ours_cls(4, 6, num_layers=3, dropout=0.5, bidirectional=True, backend="reference")
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 3, 4)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(
+            x, torch.tensor([3, 5, 2]), enforce_sorted=False
+        )
+    torch.manual_seed(11)
+    a = theirs(x)[0]
+    torch.manual_seed(11)
+    b = ours(x)[0]
+    if packed:
+        a, b = a.data, b.data
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
