@@ -8,6 +8,7 @@ Environment switches:
   FUSED_RNN_NO_EXT=1        install the pure-Python part only (backends "reference" / "triton").
   FUSED_RNN_CPU_ISA=default compile the CPU kernels for the baseline ISA instead of AVX2+FMA
                             (picked automatically when the build machine lacks AVX2).
+  FUSED_RNN_NO_OPENMP=1    build without -fopenmp (then at::parallel_for in the kernels is serial).
 Build: pip install --no-build-isolation -e .
 """
 
@@ -40,6 +41,20 @@ def _cpu_isa_flags() -> list[str]:
     return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 
 
+def _openmp_flags() -> list[str]:
+    """-fopenmp when torch's intra-op pool is OpenMP: at::parallel_for is a header template whose
+    `#pragma omp parallel` is silently ignored without it, i.e. every parallel_for in our kernels
+    would run on one thread. The libgomp.so.1 this links against resolves at run time to the copy
+    torch has already loaded (same SONAME), so there is one OpenMP runtime and one thread pool."""
+    import torch
+
+    if os.environ.get("FUSED_RNN_NO_OPENMP", "") == "1" or not torch.backends.openmp.is_available():
+        return []
+    if platform.system() != "Linux":
+        return []
+    return ["-fopenmp"]
+
+
 def _extensions():
     if os.environ.get("FUSED_RNN_NO_EXT", "") == "1":
         return [], {}
@@ -48,7 +63,8 @@ def _extensions():
 
     # No -ffast-math: NaN and inf must propagate as in torch. (py_limited_api=True below makes
     # torch's build define Py_LIMITED_API.)
-    cxx = ["-O3", "-g0", *_cpu_isa_flags()]
+    omp = _openmp_flags()
+    cxx = ["-O3", "-g0", *_cpu_isa_flags(), *omp]
     sources = ["csrc/ops.cpp", *_sources("csrc/cpu/*.cpp")]
     home = cpp_extension.CUDA_HOME
     nvcc = shutil.which("nvcc") or (home and shutil.which(os.path.join(home, "bin", "nvcc")))
@@ -65,11 +81,16 @@ def _extensions():
                     "-gencode=arch=compute_90,code=sm_90",
                 ],
             },
+            extra_link_args=omp,
             py_limited_api=True,
         )
     else:
         ext = cpp_extension.CppExtension(
-            "fused_rnn._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=True
+            "fused_rnn._C",
+            sources,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=omp,
+            py_limited_api=True,
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 

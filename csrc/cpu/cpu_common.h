@@ -56,24 +56,41 @@ inline bool step_valid(const int64_t* len, int64_t b, int64_t t) {
   return len == nullptr || t < len[b];
 }
 
-// Calls f(b) for every batch row b in [0, B), split over at::parallel_for's threads. The grain
-// keeps a chunk at >= ~16k elements of pointwise work so small problems stay on one thread.
+// Output columns per packed weight panel (panel_gemm.h); chunk boundaries are multiples of it.
+constexpr int64_t kPanel = 16;
+
+// Splits the units [0, n) (hidden units, or input features for dx) into one contiguous chunk per
+// thread, boundaries on multiples of kPanel, and calls f(u0, u1) for each chunk from one
+// at::parallel_for. Each time step of the kernels is one such call: a thread runs the GEMM for its
+// own columns and then the pointwise update of its own units, so the barrier at the end of the
+// parallel region is the step's only synchronisation. `flops` (the call's work) keeps small
+// problems on the calling thread.
 template <typename F>
-inline void for_each_row(int64_t B, int64_t row_elems, const F& f) {
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(1, row_elems));
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) f(b);
+inline void for_each_chunk(int64_t n, int64_t flops, const F& f) {
+  const int64_t panels = (n + kPanel - 1) / kPanel;
+  int64_t chunks = std::min<int64_t>(at::get_num_threads(), panels);
+  if (flops < (int64_t{1} << 18) || at::in_parallel_region()) chunks = 1;
+  if (chunks <= 1) {
+    if (n > 0) f(int64_t{0}, n);
+    return;
+  }
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t u0 = std::min(n, panels * c / chunks * kPanel);
+      const int64_t u1 = c + 1 == chunks ? n : std::min(n, panels * (c + 1) / chunks * kPanel);
+      if (u0 < u1) f(u0, u1);
+    }
   });
 }
 
-// Calls f(j, n) over the columns [0, H) in vector-width chunks: n == Vec::size() except for the
+// Calls f(j, n) over the columns [u0, u1) in vector-width chunks: n == Vec::size() except for the
 // tail, where loads (Vec::loadu(p, n)) zero-fill and stores (v.store(p, n)) write n lanes only.
 template <typename scalar_t, typename F>
-inline void for_each_vec(int64_t H, const F& f) {
+inline void for_each_vec(int64_t u0, int64_t u1, const F& f) {
   constexpr int64_t V = Vectorized<scalar_t>::size();
-  int64_t j = 0;
-  for (; j + V <= H; j += V) f(j, V);
-  if (j < H) f(j, H - j);
+  int64_t j = u0;
+  for (; j + V <= u1; j += V) f(j, V);
+  if (j < u1) f(j, u1 - j);
 }
 
 // Logistic sigmoid 1 / (1 + exp(-v)) with ATen's vectorised exp: NaN stays NaN, +-inf give 1 / 0.

@@ -5,19 +5,24 @@
 //   r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n),
 //   h = (1 - z) * n + z * h_prev,   with gi = x W_ih^T + b_ih and gh = h_prev W_hh^T + b_hh.
 //
-// Forward: x W_ih^T for every step is one GEMM into the `gates` buffer before the loop; each step
-// runs one GEMM for h W_hh^T (into one (B, 3H) buffer) and one fused, vectorised pointwise pass
-// per batch row that adds the biases, overwrites gates[t] with r, z, n and saves gh_n (needed by
-// backward). Nothing is allocated inside the time loop.
-// Backward: per step, one pointwise pass (the gradients of gi and gh pre-activations) and one
-// GEMM (dgh[t] W_hh -> dh_{t-1}); dx, dW_ih, dW_hh, db_ih, db_hh are large GEMMs / sums after it.
+// Threads own hidden units (for_each_chunk) and with them the matching columns of the three gate
+// blocks; weights are packed once per call (PanelWeights, panel_gemm.h). The structure is the
+// LSTM's (lstm.cpp):
+// Forward: each step is one parallel region in which a thread computes x_t W_ih^T and
+// h_{t-1} W_hh^T for its columns into two (B, 3H) buffers (separate: b_hn and W_hn h sit inside
+// r * (...)) and then the fused, vectorised pointwise update of its units, which adds the biases,
+// saves r, z, n into gates[t] and gh_n (both needed by backward). The state alternates between
+// two buffers. Nothing is allocated in the loop.
+// Backward: each reverse step is one parallel region: dh += dgh[t+1] W_hh for a thread's units,
+// then the gradients of the gi and gh pre-activations of its units. After the loop dx = dgi W_ih
+// (chunked GEMM), dW_ih, dW_hh (BLAS GEMMs over all steps), db_ih, db_hh (sums).
 // Per-sequence lengths: as for the LSTM, a padded step writes y = 0, freezes the state and has zero
 // gradients, so its state gradient passes through unchanged.
 #include <torch/library.h>
 
 #include "../fused_rnn.h"
 #include "cpu_common.h"
-#include "step_gemm.h"
+#include "panel_gemm.h"
 
 namespace fused_rnn::cpu {
 namespace {
@@ -37,69 +42,80 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd_kernel(
   using Vec = Vectorized<scalar_t>;
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = 3 * H;
 
-  // x W_ih^T for every step (one GEMM), then r, z, n in place. Both biases are added in the
-  // pointwise pass, which saves the GEMMs a pass over their outputs.
-  Tensor gates = at::empty({T, B, G}, x.options());
-  Tensor g2d = gates.view({T * B, G});
-  at::mm_out(g2d, x.view({T * B, I}), w_ih.t());
+  // Per step: x_t W_ih^T and h_{t-1} W_hh^T into two (B, 3H) buffers that stay in cache (as in the
+  // LSTM, the input projection is done step by step); both biases are added in the pointwise pass.
+  const PanelWeights<scalar_t> w_x(w_ih, /*transposed=*/true, /*groups=*/3);  // x W_ih^T
+  Tensor gi = at::empty({B, G}, x.options());
+  // r, z, n of every step, for backward.
+  Tensor gates = need_saved ? at::empty({T, B, G}, x.options()) : x.new_empty({0});
+  scalar_t* gp = need_saved ? gates.data_ptr<scalar_t>() : nullptr;
+  scalar_t* gip = gi.data_ptr<scalar_t>();
+  const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* bip = b_ih.defined() ? b_ih.data_ptr<scalar_t>() : nullptr;
   Tensor y = at::empty({T, B, H}, x.options());
-  Tensor h = h0.clone();
+  Tensor hbuf = at::empty({2, B, H}, x.options());  // h_{t-1} / h_t, alternating
+  hbuf[0].copy_(h0);
   Tensor gh = at::empty({B, G}, x.options());  // h_{t-1} W_hh^T of the current step (no bias)
   Tensor ghn = need_saved ? at::empty({T, B, H}, x.options()) : x.new_empty({0});
 
-  const StepGemm<scalar_t> recurrent(w_hh, /*transpose=*/true, B);  // h W_hh^T
+  const PanelWeights<scalar_t> w_h(w_hh, /*transposed=*/true, /*groups=*/3);  // h W_hh^T
   const scalar_t* bhp = b_hh.defined() ? b_hh.data_ptr<scalar_t>() : nullptr;
-  scalar_t* gp = gates.data_ptr<scalar_t>();
   scalar_t* yp = y.data_ptr<scalar_t>();
-  scalar_t* hp = h.data_ptr<scalar_t>();
-  const scalar_t* ghp = gh.data_ptr<scalar_t>();
+  scalar_t* hbp = hbuf.data_ptr<scalar_t>();
+  scalar_t* ghp = gh.data_ptr<scalar_t>();
   scalar_t* ghnp = need_saved ? ghn.data_ptr<scalar_t>() : nullptr;
 
   for (int64_t t = 0; t < T; ++t) {
-    recurrent.run(h, gh, /*accumulate=*/false);
-    for_each_row(B, G, [&](int64_t b) {
-      scalar_t* g = gp + (t * B + b) * G;
-      scalar_t* yr = yp + (t * B + b) * H;
-      scalar_t* hr = hp + b * H;
-      const scalar_t* ghr = ghp + b * G;
-      scalar_t* ghnr = need_saved ? ghnp + (t * B + b) * H : nullptr;
-      if (!step_valid(len, b, t)) {  // padding: y = 0, state frozen
-        zero_row(yr, H);
-        if (need_saved) {
-          zero_row(g, G);
-          zero_row(ghnr, H);
+    const scalar_t* h_prev = hbp + (t % 2) * B * H;
+    scalar_t* h_next = hbp + ((t + 1) % 2) * B * H;
+    for_each_chunk(H, 2 * B * G * (I + H), [&](int64_t u0, int64_t u1) {
+      w_x.run(xp + t * B * I, I, B, u0, u1, gip, G, false);
+      w_h.run(h_prev, H, B, u0, u1, ghp, G, false);
+      for (int64_t b = 0; b < B; ++b) {
+        scalar_t* g = need_saved ? gp + (t * B + b) * G : nullptr;
+        const scalar_t* gir = gip + b * G;
+        scalar_t* yr = yp + (t * B + b) * H;
+        const scalar_t* hp = h_prev + b * H;
+        scalar_t* hn_row = h_next + b * H;
+        const scalar_t* ghr = ghp + b * G;
+        scalar_t* ghnr = need_saved ? ghnp + (t * B + b) * H : nullptr;
+        if (!step_valid(len, b, t)) {  // padding: y = 0, state frozen
+          zero_row(yr + u0, u1 - u0);
+          std::copy(hp + u0, hp + u1, hn_row + u0);
+          if (need_saved) {
+            for (int64_t k = 0; k < 3; ++k) zero_row(g + k * H + u0, u1 - u0);
+            zero_row(ghnr + u0, u1 - u0);
+          }
+          continue;
         }
-        return;
+        // gi + b_ih and gh + b_hh for the gate block starting at column `off`.
+        auto gi_at = [&](int64_t off, int64_t n) {
+          const Vec v = Vec::loadu(gir + off, n);
+          return bip ? v + Vec::loadu(bip + off, n) : v;
+        };
+        auto gh_at = [&](int64_t off, int64_t n) {
+          const Vec v = Vec::loadu(ghr + off, n);
+          return bhp ? v + Vec::loadu(bhp + off, n) : v;
+        };
+        for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
+          const Vec r = vsigmoid(gi_at(j, n) + gh_at(j, n));
+          const Vec z = vsigmoid(gi_at(H + j, n) + gh_at(H + j, n));
+          const Vec ghn_v = gh_at(2 * H + j, n);
+          const Vec nn = (gi_at(2 * H + j, n) + r * ghn_v).tanh();
+          const Vec h = nn + z * (Vec::loadu(hp + j, n) - nn);  // (1 - z) n + z h_prev
+          h.store(hn_row + j, n);
+          h.store(yr + j, n);
+          if (need_saved) {
+            r.store(g + j, n);
+            z.store(g + H + j, n);
+            nn.store(g + 2 * H + j, n);
+            ghn_v.store(ghnr + j, n);
+          }
+        });
       }
-      // gi + b_ih and gh + b_hh for the gate block starting at column `off`.
-      auto gi_at = [&](int64_t off, int64_t n) {
-        const Vec v = Vec::loadu(g + off, n);
-        return bip ? v + Vec::loadu(bip + off, n) : v;
-      };
-      auto gh_at = [&](int64_t off, int64_t n) {
-        const Vec v = Vec::loadu(ghr + off, n);
-        return bhp ? v + Vec::loadu(bhp + off, n) : v;
-      };
-      for_each_vec<scalar_t>(H, [&](int64_t j, int64_t n) {
-        const Vec r = vsigmoid(gi_at(j, n) + gh_at(j, n));
-        const Vec z = vsigmoid(gi_at(H + j, n) + gh_at(H + j, n));
-        const Vec ghn_v = gh_at(2 * H + j, n);
-        const Vec nn = (gi_at(2 * H + j, n) + r * ghn_v).tanh();
-        const Vec hn = nn + z * (Vec::loadu(hr + j, n) - nn);  // (1 - z) n + z h_prev
-        hn.store(hr + j, n);
-        hn.store(yr + j, n);
-        if (need_saved) {
-          r.store(g + j, n);
-          z.store(g + H + j, n);
-          nn.store(g + 2 * H + j, n);
-          ghn_v.store(ghnr + j, n);
-        }
-      });
     });
   }
-  if (!need_saved) gates = x.new_empty({0});
-  return {y, h, gates, ghn};
+  return {y, hbuf[T % 2].clone(), gates, ghn};
 }
 
 // Tensors as in gru_fwd_kernel plus y (T, B, H), gates / ghn from it, dy (T, B, H), dhn (B, H).
@@ -116,11 +132,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
   // the n block, where dgh_n = dgi_n * r.
   Tensor dgi = at::empty({T, B, G}, x.options());
   Tensor dgh = at::empty({T, B, G}, x.options());
-  // As in the LSTM: valid rows replace dh with z * dh_t, then the GEMM adds dgh[t] W_hh; padded
-  // rows keep theirs.
+  // As in the LSTM: valid rows replace dh with z * dh_t, then the next step's GEMM adds
+  // dgh[t] W_hh; padded rows keep theirs. A thread touches only its own units of dh.
   Tensor dh = dhn.clone();
-  const std::vector<Tensor> dgh_steps = dgh.unbind(0);
-  const StepGemm<scalar_t> recurrent(w_hh, /*transpose=*/false, B);  // dgh[t] W_hh
+  const PanelWeights<scalar_t> w_h(w_hh, /*transposed=*/false, /*groups=*/1);  // dgh W_hh
   scalar_t* dgip = dgi.data_ptr<scalar_t>();
   scalar_t* dghp = dgh.data_ptr<scalar_t>();
   scalar_t* dhp = dh.data_ptr<scalar_t>();
@@ -131,46 +146,61 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
   const scalar_t* dyp = dy.data_ptr<scalar_t>();
 
   for (int64_t t = T - 1; t >= 0; --t) {
-    for_each_row(B, G, [&](int64_t b) {
-      scalar_t* dgir = dgip + (t * B + b) * G;
-      scalar_t* dghr = dghp + (t * B + b) * G;
-      if (!step_valid(len, b, t)) {
-        zero_row(dgir, G);
-        zero_row(dghr, G);
-        return;
+    for_each_chunk(H, 2 * B * G * H, [&](int64_t u0, int64_t u1) {
+      // dh_t = z dh_{t+1} (left by the last step) + dgh[t+1] W_hh, for this thread's units.
+      if (t + 1 < T) w_h.run(dghp + (t + 1) * B * G, G, B, u0, u1, dhp, H, true);
+      for (int64_t b = 0; b < B; ++b) {
+        scalar_t* dgir = dgip + (t * B + b) * G;
+        scalar_t* dghr = dghp + (t * B + b) * G;
+        if (!step_valid(len, b, t)) {
+          for (int64_t k = 0; k < 3; ++k) {
+            zero_row(dgir + k * H + u0, u1 - u0);
+            zero_row(dghr + k * H + u0, u1 - u0);
+          }
+          continue;
+        }
+        const scalar_t* g = gp + (t * B + b) * G;
+        const scalar_t* ghnr = ghnp + (t * B + b) * H;
+        const scalar_t* hprev = t == 0 ? h0p + b * H : yp + ((t - 1) * B + b) * H;
+        const scalar_t* dyr = dyp + (t * B + b) * H;
+        scalar_t* dhr = dhp + b * H;
+        const Vec one(scalar_t(1));
+        for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
+          const Vec r = Vec::loadu(g + j, n);
+          const Vec z = Vec::loadu(g + H + j, n);
+          const Vec nn = Vec::loadu(g + 2 * H + j, n);
+          const Vec dht = Vec::loadu(dyr + j, n) + Vec::loadu(dhr + j, n);
+          const Vec dn = dht * (one - z) * (one - nn * nn);  // through tanh
+          const Vec dz = dht * (Vec::loadu(hprev + j, n) - nn) * z * (one - z);
+          const Vec dr = dn * Vec::loadu(ghnr + j, n) * r * (one - r);
+          dr.store(dgir + j, n);
+          dr.store(dghr + j, n);
+          dz.store(dgir + H + j, n);
+          dz.store(dghr + H + j, n);
+          dn.store(dgir + 2 * H + j, n);
+          (dn * r).store(dghr + 2 * H + j, n);
+          (dht * z).store(dhr + j, n);
+        });
       }
-      const scalar_t* g = gp + (t * B + b) * G;
-      const scalar_t* ghnr = ghnp + (t * B + b) * H;
-      const scalar_t* hprev = t == 0 ? h0p + b * H : yp + ((t - 1) * B + b) * H;
-      const scalar_t* dyr = dyp + (t * B + b) * H;
-      scalar_t* dhr = dhp + b * H;
-      const Vec one(scalar_t(1));
-      for_each_vec<scalar_t>(H, [&](int64_t j, int64_t n) {
-        const Vec r = Vec::loadu(g + j, n);
-        const Vec z = Vec::loadu(g + H + j, n);
-        const Vec nn = Vec::loadu(g + 2 * H + j, n);
-        const Vec dht = Vec::loadu(dyr + j, n) + Vec::loadu(dhr + j, n);
-        const Vec dn = dht * (one - z) * (one - nn * nn);  // through tanh
-        const Vec dz = dht * (Vec::loadu(hprev + j, n) - nn) * z * (one - z);
-        const Vec dr = dn * Vec::loadu(ghnr + j, n) * r * (one - r);
-        dr.store(dgir + j, n);
-        dr.store(dghr + j, n);
-        dz.store(dgir + H + j, n);
-        dz.store(dghr + H + j, n);
-        dn.store(dgir + 2 * H + j, n);
-        (dn * r).store(dghr + 2 * H + j, n);
-        (dht * z).store(dhr + j, n);
-      });
     });
-    recurrent.run(dgh_steps[t], dh, /*accumulate=*/true);  // dh_{t-1} = z dh_t + dgh[t] W_hh
   }
+  for_each_chunk(H, 2 * B * G * H, [&](int64_t u0, int64_t u1) {
+    w_h.run(dghp, G, B, u0, u1, dhp, H, true);  // dh0 = z dh_0 + dgh[0] W_hh
+  });
 
   const Tensor dgi2d = dgi.view({T * B, G});
   const Tensor dgh2d = dgh.view({T * B, G});
-  Tensor dx = at::mm(dgi2d, w_ih).view({T, B, I});
+  Tensor dx = at::empty({T, B, I}, x.options());
+  {
+    const PanelWeights<scalar_t> w_x(w_ih, /*transposed=*/false, /*groups=*/1);  // dgi W_ih
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    for_each_chunk(I, 2 * T * B * G * I, [&](int64_t n0, int64_t n1) {
+      w_x.run(dgip, G, T * B, n0, n1, dxp, I, false);
+    });
+  }
   Tensor dw_ih = at::mm(dgi2d.t(), x.view({T * B, I}));
   // h_{t-1} is h0 for t = 0 and y[t-1] after it (padded steps have dgh = 0, so their y is unused).
-  Tensor dw_hh = at::mm(dgh_steps[0].t(), h0);
+  Tensor dw_hh = at::mm(dgh[0].t(), h0);
   if (T > 1) {
     dw_hh.addmm_(dgh.narrow(0, 1, T - 1).view({(T - 1) * B, G}).t(),
                  y.narrow(0, 0, T - 1).view({(T - 1) * B, H}));
