@@ -240,15 +240,19 @@ class PanelWeights {
       for (int64_t qg = begin; qg < end; ++qg) {
         const int64_t q = qg / groups, g = qg % groups;
         float* out = dst + qg * k * kPanel;
-        for (int64_t j = 0; j < kPanel; ++j) {
-          const int64_t col = q * kPanel + j;  // within the group
-          if (col >= width) {
-            for (int64_t kk = 0; kk < k; ++kk) out[kk * kPanel + j] = 0.0f;
-            continue;
+        const int64_t cols = std::min(kPanel, width - q * kPanel);  // valid columns of the panel
+        const int64_t n = g * width + q * kPanel;                     // its first column in op(W)
+        if (tr) {  // column n + j of op(W) is row n + j of w: read rows contiguously
+          for (int64_t j = 0; j < kPanel; ++j) {
+            for (int64_t kk = 0; kk < k; ++kk) {
+              out[kk * kPanel + j] = j < cols ? src[(n + j) * k + kk] : 0.0f;
+            }
           }
-          const int64_t n = g * width + col;
+        } else {  // row kk of op(W) is row kk of w: 16 contiguous values per kk
           for (int64_t kk = 0; kk < k; ++kk) {
-            out[kk * kPanel + j] = tr ? src[n * k + kk] : src[kk * n_total + n];
+            for (int64_t j = 0; j < kPanel; ++j) {
+              out[kk * kPanel + j] = j < cols ? src[kk * n_total + n + j] : 0.0f;
+            }
           }
         }
       }
