@@ -14,7 +14,8 @@
 // saves r, z, n into gates[t] and gh_n (both needed by backward). The state alternates between
 // two buffers. Nothing is allocated in the loop.
 // Backward: each reverse step is one parallel region: dh += dgh[t+1] W_hh for a thread's units,
-// then the gradients of the gi and gh pre-activations of its units. After the loop dx = dgi W_ih
+// then the gradients of the gi and gh pre-activations of its units (dgh kept as dgi's r, z blocks
+// plus its own n block). After the loop dx = dgi W_ih
 // (chunked GEMM), dW_ih, dW_hh (BLAS GEMMs over all steps), db_ih, db_hh (sums).
 // Per-sequence lengths: as for the LSTM, a padded step writes y = 0, freezes the state and has zero
 // gradients, so its state gradient passes through unchanged.
@@ -128,35 +129,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
   using Vec = Vectorized<scalar_t>;
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2), H = h0.size(1), G = 3 * H;
 
-  // Gradients of the pre-activations gi (input side) and gh (recurrent side); they differ only in
-  // the n block, where dgh_n = dgi_n * r.
+  // Gradients of the pre-activations gi (input side) and gh (recurrent side). They differ only in
+  // the n block, dgh_n = dgi_n * r, so dgh is not stored: its r, z blocks are read from dgi and
+  // only dgh_n has a buffer of its own (a third of the memory and page faults of a full dgh).
   Tensor dgi = at::empty({T, B, G}, x.options());
-  Tensor dgh = at::empty({T, B, G}, x.options());
+  Tensor dghn = at::empty({T, B, H}, x.options());
   // As in the LSTM: valid rows replace dh with z * dh_t, then the next step's GEMM adds
   // dgh[t] W_hh; padded rows keep theirs. A thread touches only its own units of dh.
   Tensor dh = dhn.clone();
-  const PanelWeights<scalar_t> w_h(w_hh, /*transposed=*/false, /*groups=*/1);  // dgh W_hh
+  // dgh W_hh = dgi[:, r|z] W_hh[r|z rows] + dgh_n W_hh[n rows]: two GEMMs into the same dh.
+  const PanelWeights<scalar_t> w_rz(w_hh.narrow(0, 0, 2 * H), /*transposed=*/false, 1);
+  const PanelWeights<scalar_t> w_n(w_hh.narrow(0, 2 * H, H), /*transposed=*/false, 1);
   scalar_t* dgip = dgi.data_ptr<scalar_t>();
-  scalar_t* dghp = dgh.data_ptr<scalar_t>();
+  scalar_t* dghnp = dghn.data_ptr<scalar_t>();
   scalar_t* dhp = dh.data_ptr<scalar_t>();
   const scalar_t* gp = gates.data_ptr<scalar_t>();
   const scalar_t* ghnp = ghn.data_ptr<scalar_t>();
   const scalar_t* yp = y.data_ptr<scalar_t>();
   const scalar_t* h0p = h0.data_ptr<scalar_t>();
   const scalar_t* dyp = dy.data_ptr<scalar_t>();
+  // dh (own units) += dgh[t] W_hh.
+  auto recurrent = [&](int64_t t, int64_t u0, int64_t u1) {
+    w_rz.run(dgip + t * B * G, G, B, u0, u1, dhp, H, true);
+    w_n.run(dghnp + t * B * H, H, B, u0, u1, dhp, H, true);
+  };
 
   for (int64_t t = T - 1; t >= 0; --t) {
     for_each_chunk(H, 2 * B * G * H, [&](int64_t u0, int64_t u1) {
       // dh_t = z dh_{t+1} (left by the last step) + dgh[t+1] W_hh, for this thread's units.
-      if (t + 1 < T) w_h.run(dghp + (t + 1) * B * G, G, B, u0, u1, dhp, H, true);
+      if (t + 1 < T) recurrent(t + 1, u0, u1);
       for (int64_t b = 0; b < B; ++b) {
         scalar_t* dgir = dgip + (t * B + b) * G;
-        scalar_t* dghr = dghp + (t * B + b) * G;
+        scalar_t* dghnr = dghnp + (t * B + b) * H;
         if (!step_valid(len, b, t)) {
-          for (int64_t k = 0; k < 3; ++k) {
-            zero_row(dgir + k * H + u0, u1 - u0);
-            zero_row(dghr + k * H + u0, u1 - u0);
-          }
+          for (int64_t k = 0; k < 3; ++k) zero_row(dgir + k * H + u0, u1 - u0);
+          zero_row(dghnr + u0, u1 - u0);
           continue;
         }
         const scalar_t* g = gp + (t * B + b) * G;
@@ -174,22 +181,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
           const Vec dz = dht * (Vec::loadu(hprev + j, n) - nn) * z * (one - z);
           const Vec dr = dn * Vec::loadu(ghnr + j, n) * r * (one - r);
           dr.store(dgir + j, n);
-          dr.store(dghr + j, n);
           dz.store(dgir + H + j, n);
-          dz.store(dghr + H + j, n);
           dn.store(dgir + 2 * H + j, n);
-          (dn * r).store(dghr + 2 * H + j, n);
+          (dn * r).store(dghnr + j, n);
           (dht * z).store(dhr + j, n);
         });
       }
     });
   }
   for_each_chunk(H, 2 * B * G * H, [&](int64_t u0, int64_t u1) {
-    w_h.run(dghp, G, B, u0, u1, dhp, H, true);  // dh0 = z dh_0 + dgh[0] W_hh
+    recurrent(0, u0, u1);  // dh0 = z dh_0 + dgh[0] W_hh
   });
 
   const Tensor dgi2d = dgi.view({T * B, G});
-  const Tensor dgh2d = dgh.view({T * B, G});
   Tensor dx = at::empty({T, B, I}, x.options());
   {
     const PanelWeights<scalar_t> w_x(w_ih, /*transposed=*/false, /*groups=*/1);  // dgi W_ih
@@ -199,13 +203,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
     });
   }
   Tensor dw_ih = at::mm(dgi2d.t(), x.view({T * B, I}));
-  // h_{t-1} is h0 for t = 0 and y[t-1] after it (padded steps have dgh = 0, so their y is unused).
-  Tensor dw_hh = at::mm(dgh[0].t(), h0);
-  if (T > 1) {
-    dw_hh.addmm_(dgh.narrow(0, 1, T - 1).view({(T - 1) * B, G}).t(),
+  // d (T, B, n) -> d^T h_prev (n, H): h_{t-1} is h0 for t = 0 and y[t-1] after it (padded steps
+  // have dgh = 0, so their y is unused).
+  auto times_h_prev = [&](const Tensor& d) {
+    const int64_t n = d.size(2);
+    Tensor out = at::mm(d[0].t(), h0);
+    if (T > 1) {
+      out.addmm_(d.narrow(0, 1, T - 1).view({(T - 1) * B, n}).t(),
                  y.narrow(0, 0, T - 1).view({(T - 1) * B, H}));
-  }
-  return {dx, dh, dw_ih, dw_hh, dgi2d.sum(0), dgh2d.sum(0)};
+    }
+    return out;
+  };
+  const Tensor dg_rz = dgi.narrow(2, 0, 2 * H);  // = dgh[:, :, r|z]
+  Tensor dw_hh = at::cat({times_h_prev(dg_rz), times_h_prev(dghn)});
+  Tensor db_hh = at::cat({dg_rz.view({T * B, 2 * H}).sum(0), dghn.view({T * B, H}).sum(0)});
+  return {dx, dh, dw_ih, dw_hh, dgi2d.sum(0), db_hh};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd(

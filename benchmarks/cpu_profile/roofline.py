@@ -1,0 +1,141 @@
+"""How fast can an fp32 LSTM / GRU layer be on this CPU? The FLOP floor against measured times.
+
+Every implementation does the same GEMM work: per layer and direction, forward is
+2 * T * B * G*H * (I + H) FLOPs (G = 4 gates for the LSTM, 3 for the GRU: the input projection and
+the recurrent product), and backward twice that (dx and dh through W_ih / W_hh, dW_ih and dW_hh);
+the pointwise gate math is a few percent on top. Dividing by the CPU's FMA peak gives the shortest
+time any implementation can take, so "torch's time / 1.3" below that floor means a 1.3x target is
+out of reach on this machine, whatever the kernel.
+
+    python benchmarks/cpu_profile/roofline.py --threads 2 --repeats 5
+
+Measures (in this process, side by side): the FMA peak (fma_peak.c, built with `cc` when one is
+available), MKL's sgemm on a 2048^3 product (torch.mm, a practical GEMM ceiling), nn.LSTM / nn.GRU
+(oneDNN) and fused_rnn's "cpp" backend at the issue's shapes; prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+import torch
+
+import fused_rnn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# (T, B, I, H): PyTorch's benchmarks/fastrnns default, and one layer of the IMDB example.
+SHAPES = {"fastrnns": (100, 64, 512, 512), "imdb": (256, 64, 128, 256)}
+TARGET = {"infer": 1.0, "fwd+bwd": 1.3}  # the issue's speed targets vs nn.LSTM / nn.GRU
+
+
+def fma_peak(threads: int) -> float | None:
+    """Sum over `threads` threads of the AVX2 FMA peak in GFLOP/s, or None without a compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "fma_peak")
+        src = os.path.join(HERE, "fma_peak.c")
+        build = subprocess.run(
+            [cc, "-O2", "-mavx2", "-mfma", "-fopenmp", src, "-o", exe], capture_output=True
+        )
+        if build.returncode != 0:
+            return None
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        out = subprocess.run([exe], capture_output=True, text=True, env=env, check=True).stdout
+    return sum(float(line.split()[2]) for line in out.splitlines() if line.startswith("thread"))
+
+
+def median_ms(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def gemm_peak(repeats: int) -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    ms = median_ms(lambda: torch.mm(a, b), 2, repeats)
+    return 2 * 2048**3 / ms / 1e6
+
+
+def layer_flops(cell: str, shape: str, mode: str) -> float:
+    T, B, n_in, hidden = SHAPES[shape]
+    fwd = 2 * T * B * (4 if cell == "lstm" else 3) * hidden * (n_in + hidden)
+    return fwd if mode == "infer" else 3 * fwd
+
+
+def runner(module, x, dy, mode):
+    if mode == "infer":
+
+        def run():
+            with torch.no_grad():
+                module(x)
+
+    else:
+
+        def run():
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            y, _ = module(x)
+            y.backward(dy)
+
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    peak = fma_peak(a.threads)
+    mkl = gemm_peak(a.repeats)
+    print(f"torch {torch.__version__}, {a.threads} threads")
+    print(f"FMA peak: {peak:.1f} GFLOP/s" if peak else "FMA peak: not measured (no C compiler)")
+    print(f"MKL sgemm 2048^3: {mkl:.1f} GFLOP/s")
+    ceiling = peak or mkl
+    print()
+    print(
+        "| shape (T,B,I,H) | cell | mode | GFLOP | floor at peak (ms) | nn (ms) | nn GFLOP/s "
+        "| cpp (ms) | cpp GFLOP/s | target (ms) | target needs GFLOP/s | % of peak "
+        "| best possible |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for shape, (T, B, n_in, hidden) in SHAPES.items():
+        for cell in ("lstm", "gru"):
+            torch.manual_seed(0)
+            ref = getattr(torch.nn, cell.upper())(n_in, hidden)
+            ours = getattr(fused_rnn, cell.upper())(n_in, hidden, backend="cpp")
+            ours.load_state_dict(ref.state_dict())
+            for mode in ("infer", "fwd+bwd"):
+                x = torch.randn(T, B, n_in, requires_grad=mode != "infer")
+                dy = torch.randn(T, B, hidden)
+                t_nn = median_ms(runner(ref, x, dy, mode), a.warmup, a.repeats)
+                t_cpp = median_ms(runner(ours, x, dy, mode), a.warmup, a.repeats)
+                flops = layer_flops(cell, shape, mode)
+                floor = flops / ceiling / 1e6
+                target = t_nn / TARGET[mode]
+                need = flops / target / 1e6
+                print(
+                    f"| {shape} {SHAPES[shape]} | {cell} | {mode} | {flops / 1e9:.1f} "
+                    f"| {floor:.0f} | {t_nn:.0f} | {flops / t_nn / 1e6:.0f} | {t_cpp:.0f} "
+                    f"| {flops / t_cpp / 1e6:.0f} | {target:.0f} | {need:.0f} "
+                    f"| {100 * need / ceiling:.0f}% | {t_nn / floor:.2f}x |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
