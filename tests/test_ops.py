@@ -135,6 +135,35 @@ def test_matches_reference(cell, case, dtype):
             torch.testing.assert_close(g, w, atol=atol, rtol=rtol, msg=lambda m, i=i: f"#{i}: {m}")
 
 
+# Big enough for for_each_chunk to split every step over 2 threads: chunk boundaries at 32 / 64
+# units, a partial last weight panel (H = 72, 130), row tails of the 6-row register tile (B = 13,
+# 7), I = 1, and lengths.
+THREADED_CASES = [
+    (4, 13, 19, 72, [4, 1, 3, 4, 2, 4, 4, 1, 2, 3, 4, 4, 2]),
+    (3, 7, 1, 130, None),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("case", THREADED_CASES, ids=lambda c: f"T{c[0]}-B{c[1]}-I{c[2]}-H{c[3]}")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_matches_reference_on_two_threads(cell, case, dtype):
+    T, B, n_in, H, lengths = case
+    a = _make(cell, T, B, n_in, H, dtype, True, lengths)
+    grads = _grads(cell, T, B, H, dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = _contract_run(CPP, cell, a, grads)
+    finally:
+        torch.set_num_threads(threads)
+    want = _contract_run(REF, cell, a, grads)
+    atol, rtol = (1e-12, 1e-10) if dtype == torch.float64 else (2e-5, 2e-5)
+    for i, (g, w) in enumerate(zip(got, want)):
+        if w is not None:
+            torch.testing.assert_close(g, w, atol=atol, rtol=rtol, msg=lambda m, i=i: f"#{i}: {m}")
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_padding_semantics(cell):
     """y is 0 at padded steps, the final state is the one after step len-1, and inputs at padded
