@@ -102,7 +102,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd_kernel(
           const Vec r = vsigmoid(gi_at(j, n) + gh_at(j, n));
           const Vec z = vsigmoid(gi_at(H + j, n) + gh_at(H + j, n));
           const Vec ghn_v = gh_at(2 * H + j, n);
-          const Vec nn = (gi_at(2 * H + j, n) + r * ghn_v).tanh();
+          const Vec nn = vtanh(gi_at(2 * H + j, n) + r * ghn_v);
           const Vec h = nn + z * (Vec::loadu(hp + j, n) - nn);  // (1 - z) n + z h_prev
           h.store(hn_row + j, n);
           h.store(yr + j, n);

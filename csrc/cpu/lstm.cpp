@@ -101,10 +101,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd_kernel(
         for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
           const Vec i = vsigmoid(pre_at(j, n));
           const Vec f = vsigmoid(pre_at(H + j, n));
-          const Vec gg = pre_at(2 * H + j, n).tanh();
+          const Vec gg = vtanh(pre_at(2 * H + j, n));
           const Vec o = vsigmoid(pre_at(3 * H + j, n));
           const Vec cn = f * Vec::loadu(cp + j, n) + i * gg;
-          const Vec h = o * cn.tanh();
+          const Vec h = o * vtanh(cn);
           cn.store(c + j, n);
           h.store(hn + j, n);
           h.store(yr + j, n);
@@ -171,7 +171,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bwd_kernel(
           const Vec f = Vec::loadu(g + H + j, n);
           const Vec gg = Vec::loadu(g + 2 * H + j, n);
           const Vec o = Vec::loadu(g + 3 * H + j, n);
-          const Vec tc = Vec::loadu(c + j, n).tanh();
+          const Vec tc = vtanh(Vec::loadu(c + j, n));
           const Vec dht = Vec::loadu(dyr + j, n) + Vec::loadu(dhr + j, n);
           const Vec dct = Vec::loadu(dcr + j, n) + dht * o * (one - tc * tc);
           (dct * gg * i * (one - i)).store(dg + j, n);
