@@ -253,3 +253,23 @@ def test_min_statistic_drives_speedups_and_csv():
     rows = csv_rows(results, environment("cpu"))
     assert {r["stat"] for r in rows} == {"min"}
     assert "Minimum time per call" in markdown(rows)
+
+
+def test_roofline_flop_count_and_fma_peak():
+    """benchmarks/cpu_profile/roofline.py: the FLOP count it divides by the peak (forward =
+    input projection + recurrent product; backward twice that), and the FMA-peak probe, which
+    needs a C compiler and reports a positive rate (or None without one)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "cpu_profile" / "roofline.py"
+    spec = importlib.util.spec_from_file_location("roofline", path)
+    roofline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roofline)
+    T, B, n_in, H = roofline.SHAPES["fastrnns"]
+    fwd = 2 * T * B * 4 * H * n_in + 2 * T * B * 4 * H * H
+    assert roofline.layer_flops("lstm", "fastrnns", "infer") == fwd
+    assert roofline.layer_flops("lstm", "fastrnns", "fwd+bwd") == 3 * fwd
+    assert roofline.layer_flops("gru", "fastrnns", "infer") == fwd * 3 // 4
+    peak = roofline.fma_peak(1)
+    assert peak is None or peak > 0
