@@ -66,56 +66,55 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd_kernel(
   scalar_t* ghp = gh.data_ptr<scalar_t>();
   scalar_t* ghnp = need_saved ? ghn.data_ptr<scalar_t>() : nullptr;
 
-  for (int64_t t = 0; t < T; ++t) {
+  const int64_t step_flops = 2 * B * G * (I + H);
+  for_each_step(T, /*reverse=*/false, H, step_flops, [&](int64_t t, int64_t u0, int64_t u1) {
     const scalar_t* h_prev = hbp + (t % 2) * B * H;
     scalar_t* h_next = hbp + ((t + 1) % 2) * B * H;
-    for_each_chunk(H, 2 * B * G * (I + H), [&](int64_t u0, int64_t u1) {
-      w_x.run(xp + t * B * I, I, B, u0, u1, gip, G, false);
-      w_h.run(h_prev, H, B, u0, u1, ghp, G, false);
-      for (int64_t b = 0; b < B; ++b) {
-        scalar_t* g = need_saved ? gp + (t * B + b) * G : nullptr;
-        const scalar_t* gir = gip + b * G;
-        scalar_t* yr = yp + (t * B + b) * H;
-        const scalar_t* hp = h_prev + b * H;
-        scalar_t* hn_row = h_next + b * H;
-        const scalar_t* ghr = ghp + b * G;
-        scalar_t* ghnr = need_saved ? ghnp + (t * B + b) * H : nullptr;
-        if (!step_valid(len, b, t)) {  // padding: y = 0, state frozen
-          zero_row(yr + u0, u1 - u0);
-          std::copy(hp + u0, hp + u1, hn_row + u0);
-          if (need_saved) {
-            for (int64_t k = 0; k < 3; ++k) zero_row(g + k * H + u0, u1 - u0);
-            zero_row(ghnr + u0, u1 - u0);
-          }
-          continue;
+    w_x.run(xp + t * B * I, I, B, u0, u1, gip, G, false);
+    w_h.run(h_prev, H, B, u0, u1, ghp, G, false);
+    for (int64_t b = 0; b < B; ++b) {
+      scalar_t* g = need_saved ? gp + (t * B + b) * G : nullptr;
+      const scalar_t* gir = gip + b * G;
+      scalar_t* yr = yp + (t * B + b) * H;
+      const scalar_t* hp = h_prev + b * H;
+      scalar_t* hn_row = h_next + b * H;
+      const scalar_t* ghr = ghp + b * G;
+      scalar_t* ghnr = need_saved ? ghnp + (t * B + b) * H : nullptr;
+      if (!step_valid(len, b, t)) {  // padding: y = 0, state frozen
+        zero_row(yr + u0, u1 - u0);
+        std::copy(hp + u0, hp + u1, hn_row + u0);
+        if (need_saved) {
+          for (int64_t k = 0; k < 3; ++k) zero_row(g + k * H + u0, u1 - u0);
+          zero_row(ghnr + u0, u1 - u0);
         }
-        // gi + b_ih and gh + b_hh for the gate block starting at column `off`.
-        auto gi_at = [&](int64_t off, int64_t n) {
-          const Vec v = Vec::loadu(gir + off, n);
-          return bip ? v + Vec::loadu(bip + off, n) : v;
-        };
-        auto gh_at = [&](int64_t off, int64_t n) {
-          const Vec v = Vec::loadu(ghr + off, n);
-          return bhp ? v + Vec::loadu(bhp + off, n) : v;
-        };
-        for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
-          const Vec r = vsigmoid(gi_at(j, n) + gh_at(j, n));
-          const Vec z = vsigmoid(gi_at(H + j, n) + gh_at(H + j, n));
-          const Vec ghn_v = gh_at(2 * H + j, n);
-          const Vec nn = vtanh(gi_at(2 * H + j, n) + r * ghn_v);
-          const Vec h = nn + z * (Vec::loadu(hp + j, n) - nn);  // (1 - z) n + z h_prev
-          h.store(hn_row + j, n);
-          h.store(yr + j, n);
-          if (need_saved) {
-            r.store(g + j, n);
-            z.store(g + H + j, n);
-            nn.store(g + 2 * H + j, n);
-            ghn_v.store(ghnr + j, n);
-          }
-        });
+        continue;
       }
-    });
-  }
+      // gi + b_ih and gh + b_hh for the gate block starting at column `off`.
+      auto gi_at = [&](int64_t off, int64_t n) {
+        const Vec v = Vec::loadu(gir + off, n);
+        return bip ? v + Vec::loadu(bip + off, n) : v;
+      };
+      auto gh_at = [&](int64_t off, int64_t n) {
+        const Vec v = Vec::loadu(ghr + off, n);
+        return bhp ? v + Vec::loadu(bhp + off, n) : v;
+      };
+      for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
+        const Vec r = vsigmoid(gi_at(j, n) + gh_at(j, n));
+        const Vec z = vsigmoid(gi_at(H + j, n) + gh_at(H + j, n));
+        const Vec ghn_v = gh_at(2 * H + j, n);
+        const Vec nn = vtanh(gi_at(2 * H + j, n) + r * ghn_v);
+        const Vec h = nn + z * (Vec::loadu(hp + j, n) - nn);  // (1 - z) n + z h_prev
+        h.store(hn_row + j, n);
+        h.store(yr + j, n);
+        if (need_saved) {
+          r.store(g + j, n);
+          z.store(g + H + j, n);
+          nn.store(g + 2 * H + j, n);
+          ghn_v.store(ghnr + j, n);
+        }
+      });
+    }
+  });
   return {y, hbuf[T % 2].clone(), gates, ghn};
 }
 
@@ -154,41 +153,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
     w_n.run(dghnp + t * B * H, H, B, u0, u1, dhp, H, true);
   };
 
-  for (int64_t t = T - 1; t >= 0; --t) {
-    for_each_chunk(H, 2 * B * G * H, [&](int64_t u0, int64_t u1) {
-      // dh_t = z dh_{t+1} (left by the last step) + dgh[t+1] W_hh, for this thread's units.
-      if (t + 1 < T) recurrent(t + 1, u0, u1);
-      for (int64_t b = 0; b < B; ++b) {
-        scalar_t* dgir = dgip + (t * B + b) * G;
-        scalar_t* dghnr = dghnp + (t * B + b) * H;
-        if (!step_valid(len, b, t)) {
-          for (int64_t k = 0; k < 3; ++k) zero_row(dgir + k * H + u0, u1 - u0);
-          zero_row(dghnr + u0, u1 - u0);
-          continue;
-        }
-        const scalar_t* g = gp + (t * B + b) * G;
-        const scalar_t* ghnr = ghnp + (t * B + b) * H;
-        const scalar_t* hprev = t == 0 ? h0p + b * H : yp + ((t - 1) * B + b) * H;
-        const scalar_t* dyr = dyp + (t * B + b) * H;
-        scalar_t* dhr = dhp + b * H;
-        const Vec one(scalar_t(1));
-        for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
-          const Vec r = Vec::loadu(g + j, n);
-          const Vec z = Vec::loadu(g + H + j, n);
-          const Vec nn = Vec::loadu(g + 2 * H + j, n);
-          const Vec dht = Vec::loadu(dyr + j, n) + Vec::loadu(dhr + j, n);
-          const Vec dn = dht * (one - z) * (one - nn * nn);  // through tanh
-          const Vec dz = dht * (Vec::loadu(hprev + j, n) - nn) * z * (one - z);
-          const Vec dr = dn * Vec::loadu(ghnr + j, n) * r * (one - r);
-          dr.store(dgir + j, n);
-          dz.store(dgir + H + j, n);
-          dn.store(dgir + 2 * H + j, n);
-          (dn * r).store(dghnr + j, n);
-          (dht * z).store(dhr + j, n);
-        });
+  for_each_step(T, /*reverse=*/true, H, 2 * B * G * H, [&](int64_t t, int64_t u0, int64_t u1) {
+    // dh_t = z dh_{t+1} (left by the last step) + dgh[t+1] W_hh, for this thread's units.
+    if (t + 1 < T) recurrent(t + 1, u0, u1);
+    for (int64_t b = 0; b < B; ++b) {
+      scalar_t* dgir = dgip + (t * B + b) * G;
+      scalar_t* dghnr = dghnp + (t * B + b) * H;
+      if (!step_valid(len, b, t)) {
+        for (int64_t k = 0; k < 3; ++k) zero_row(dgir + k * H + u0, u1 - u0);
+        zero_row(dghnr + u0, u1 - u0);
+        continue;
       }
-    });
-  }
+      const scalar_t* g = gp + (t * B + b) * G;
+      const scalar_t* ghnr = ghnp + (t * B + b) * H;
+      const scalar_t* hprev = t == 0 ? h0p + b * H : yp + ((t - 1) * B + b) * H;
+      const scalar_t* dyr = dyp + (t * B + b) * H;
+      scalar_t* dhr = dhp + b * H;
+      const Vec one(scalar_t(1));
+      for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
+        const Vec r = Vec::loadu(g + j, n);
+        const Vec z = Vec::loadu(g + H + j, n);
+        const Vec nn = Vec::loadu(g + 2 * H + j, n);
+        const Vec dht = Vec::loadu(dyr + j, n) + Vec::loadu(dhr + j, n);
+        const Vec dn = dht * (one - z) * (one - nn * nn);  // through tanh
+        const Vec dz = dht * (Vec::loadu(hprev + j, n) - nn) * z * (one - z);
+        const Vec dr = dn * Vec::loadu(ghnr + j, n) * r * (one - r);
+        dr.store(dgir + j, n);
+        dz.store(dgir + H + j, n);
+        dn.store(dgir + 2 * H + j, n);
+        (dn * r).store(dghnr + j, n);
+        (dht * z).store(dhr + j, n);
+      });
+    }
+  });
   for_each_chunk(H, 2 * B * G * H, [&](int64_t u0, int64_t u1) {
     recurrent(0, u0, u1);  // dh0 = z dh_0 + dgh[0] W_hh
   });

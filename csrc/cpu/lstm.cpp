@@ -67,57 +67,56 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd_kernel(
   scalar_t* csp = cs.data_ptr<scalar_t>();
   const scalar_t* c0p = c0.data_ptr<scalar_t>();
 
-  for (int64_t t = 0; t < T; ++t) {
+  const int64_t step_flops = 2 * B * G * (I + H);
+  for_each_step(T, /*reverse=*/false, H, step_flops, [&](int64_t t, int64_t u0, int64_t u1) {
     const scalar_t* h_prev = hbp + (t % 2) * B * H;
     scalar_t* h_next = hbp + ((t + 1) % 2) * B * H;
     const scalar_t* c_prev = !need_saved ? csp : (t == 0 ? c0p : csp + (t - 1) * B * H);
     scalar_t* c_out = need_saved ? csp + t * B * H : csp;
     const scalar_t* xt = xp + t * B * I;
-    for_each_chunk(H, 2 * B * G * (I + H), [&](int64_t u0, int64_t u1) {
-      w_x.run(xt, I, B, u0, u1, prp, G, false);
-      w_h.run(h_prev, H, B, u0, u1, prp, G, true);
-      for (int64_t b = 0; b < B; ++b) {
-        scalar_t* g = need_saved ? gp + (t * B + b) * G : nullptr;
-        const scalar_t* pr = prp + b * G;
-        scalar_t* yr = yp + (t * B + b) * H;
-        const scalar_t* cp = c_prev + b * H;
-        scalar_t* c = c_out + b * H;
-        const scalar_t* hp = h_prev + b * H;
-        scalar_t* hn = h_next + b * H;
-        if (!step_valid(len, b, t)) {  // padding: y = 0, state frozen
-          zero_row(yr + u0, u1 - u0);
-          std::copy(hp + u0, hp + u1, hn + u0);
-          if (need_saved) {
-            for (int64_t k = 0; k < 4; ++k) zero_row(g + k * H + u0, u1 - u0);
-            std::copy(cp + u0, cp + u1, c + u0);
-          }
-          continue;
+    w_x.run(xt, I, B, u0, u1, prp, G, false);
+    w_h.run(h_prev, H, B, u0, u1, prp, G, true);
+    for (int64_t b = 0; b < B; ++b) {
+      scalar_t* g = need_saved ? gp + (t * B + b) * G : nullptr;
+      const scalar_t* pr = prp + b * G;
+      scalar_t* yr = yp + (t * B + b) * H;
+      const scalar_t* cp = c_prev + b * H;
+      scalar_t* c = c_out + b * H;
+      const scalar_t* hp = h_prev + b * H;
+      scalar_t* hn = h_next + b * H;
+      if (!step_valid(len, b, t)) {  // padding: y = 0, state frozen
+        zero_row(yr + u0, u1 - u0);
+        std::copy(hp + u0, hp + u1, hn + u0);
+        if (need_saved) {
+          for (int64_t k = 0; k < 4; ++k) zero_row(g + k * H + u0, u1 - u0);
+          std::copy(cp + u0, cp + u1, c + u0);
         }
-        // Pre-activation (with b_ih + b_hh) of the gate block starting at column `off`.
-        auto pre_at = [&](int64_t off, int64_t n) {
-          const Vec v = Vec::loadu(pr + off, n);
-          return bp ? v + Vec::loadu(bp + off, n) : v;
-        };
-        for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
-          const Vec i = vsigmoid(pre_at(j, n));
-          const Vec f = vsigmoid(pre_at(H + j, n));
-          const Vec gg = vtanh(pre_at(2 * H + j, n));
-          const Vec o = vsigmoid(pre_at(3 * H + j, n));
-          const Vec cn = f * Vec::loadu(cp + j, n) + i * gg;
-          const Vec h = o * vtanh(cn);
-          cn.store(c + j, n);
-          h.store(hn + j, n);
-          h.store(yr + j, n);
-          if (need_saved) {
-            i.store(g + j, n);
-            f.store(g + H + j, n);
-            gg.store(g + 2 * H + j, n);
-            o.store(g + 3 * H + j, n);
-          }
-        });
+        continue;
       }
-    });
-  }
+      // Pre-activation (with b_ih + b_hh) of the gate block starting at column `off`.
+      auto pre_at = [&](int64_t off, int64_t n) {
+        const Vec v = Vec::loadu(pr + off, n);
+        return bp ? v + Vec::loadu(bp + off, n) : v;
+      };
+      for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
+        const Vec i = vsigmoid(pre_at(j, n));
+        const Vec f = vsigmoid(pre_at(H + j, n));
+        const Vec gg = vtanh(pre_at(2 * H + j, n));
+        const Vec o = vsigmoid(pre_at(3 * H + j, n));
+        const Vec cn = f * Vec::loadu(cp + j, n) + i * gg;
+        const Vec h = o * vtanh(cn);
+        cn.store(c + j, n);
+        h.store(hn + j, n);
+        h.store(yr + j, n);
+        if (need_saved) {
+          i.store(g + j, n);
+          f.store(g + H + j, n);
+          gg.store(g + 2 * H + j, n);
+          o.store(g + 3 * H + j, n);
+        }
+      });
+    }
+  });
   Tensor hn = hbuf[T % 2].clone();
   if (!need_saved) return {y, hn, cs, gates, x.new_empty({0})};
   // Frozen rows copied their state forward, so cs[T-1] is every row's final cell state.
@@ -149,41 +148,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bwd_kernel(
   const scalar_t* c0p = c0.data_ptr<scalar_t>();
   const scalar_t* dyp = dy.data_ptr<scalar_t>();
 
-  for (int64_t t = T - 1; t >= 0; --t) {
-    for_each_chunk(H, 2 * B * G * H, [&](int64_t u0, int64_t u1) {
-      // dh_t += dG[t+1] W_hh (its own units; dG[t+1] was completed by every thread last step).
-      if (t + 1 < T) w_h.run(dgp + (t + 1) * B * G, G, B, u0, u1, dhp, H, true);
-      for (int64_t b = 0; b < B; ++b) {
-        scalar_t* dg = dgp + (t * B + b) * G;
-        if (!step_valid(len, b, t)) {
-          for (int64_t k = 0; k < 4; ++k) zero_row(dg + k * H + u0, u1 - u0);
-          continue;
-        }
-        const scalar_t* g = gp + (t * B + b) * G;
-        const scalar_t* c = csp + (t * B + b) * H;
-        const scalar_t* cp = t == 0 ? c0p + b * H : csp + ((t - 1) * B + b) * H;
-        const scalar_t* dyr = dyp + (t * B + b) * H;
-        scalar_t* dhr = dhp + b * H;
-        scalar_t* dcr = dcp + b * H;
-        const Vec one(scalar_t(1));
-        for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
-          const Vec i = Vec::loadu(g + j, n);
-          const Vec f = Vec::loadu(g + H + j, n);
-          const Vec gg = Vec::loadu(g + 2 * H + j, n);
-          const Vec o = Vec::loadu(g + 3 * H + j, n);
-          const Vec tc = vtanh(Vec::loadu(c + j, n));
-          const Vec dht = Vec::loadu(dyr + j, n) + Vec::loadu(dhr + j, n);
-          const Vec dct = Vec::loadu(dcr + j, n) + dht * o * (one - tc * tc);
-          (dct * gg * i * (one - i)).store(dg + j, n);
-          (dct * Vec::loadu(cp + j, n) * f * (one - f)).store(dg + H + j, n);
-          (dct * i * (one - gg * gg)).store(dg + 2 * H + j, n);
-          (dht * tc * o * (one - o)).store(dg + 3 * H + j, n);
-          (dct * f).store(dcr + j, n);
-          Vec(scalar_t(0)).store(dhr + j, n);
-        });
+  for_each_step(T, /*reverse=*/true, H, 2 * B * G * H, [&](int64_t t, int64_t u0, int64_t u1) {
+    // dh_t += dG[t+1] W_hh (its own units; dG[t+1] was completed by every thread last step).
+    if (t + 1 < T) w_h.run(dgp + (t + 1) * B * G, G, B, u0, u1, dhp, H, true);
+    for (int64_t b = 0; b < B; ++b) {
+      scalar_t* dg = dgp + (t * B + b) * G;
+      if (!step_valid(len, b, t)) {
+        for (int64_t k = 0; k < 4; ++k) zero_row(dg + k * H + u0, u1 - u0);
+        continue;
       }
-    });
-  }
+      const scalar_t* g = gp + (t * B + b) * G;
+      const scalar_t* c = csp + (t * B + b) * H;
+      const scalar_t* cp = t == 0 ? c0p + b * H : csp + ((t - 1) * B + b) * H;
+      const scalar_t* dyr = dyp + (t * B + b) * H;
+      scalar_t* dhr = dhp + b * H;
+      scalar_t* dcr = dcp + b * H;
+      const Vec one(scalar_t(1));
+      for_each_vec<scalar_t>(u0, u1, [&](int64_t j, int64_t n) {
+        const Vec i = Vec::loadu(g + j, n);
+        const Vec f = Vec::loadu(g + H + j, n);
+        const Vec gg = Vec::loadu(g + 2 * H + j, n);
+        const Vec o = Vec::loadu(g + 3 * H + j, n);
+        const Vec tc = vtanh(Vec::loadu(c + j, n));
+        const Vec dht = Vec::loadu(dyr + j, n) + Vec::loadu(dhr + j, n);
+        const Vec dct = Vec::loadu(dcr + j, n) + dht * o * (one - tc * tc);
+        (dct * gg * i * (one - i)).store(dg + j, n);
+        (dct * Vec::loadu(cp + j, n) * f * (one - f)).store(dg + H + j, n);
+        (dct * i * (one - gg * gg)).store(dg + 2 * H + j, n);
+        (dht * tc * o * (one - o)).store(dg + 3 * H + j, n);
+        (dct * f).store(dcr + j, n);
+        Vec(scalar_t(0)).store(dhr + j, n);
+      });
+    }
+  });
   for_each_chunk(H, 2 * B * G * H, [&](int64_t u0, int64_t u1) {
     w_h.run(dgp, G, B, u0, u1, dhp, H, true);  // dh0 += dG[0] W_hh
   });

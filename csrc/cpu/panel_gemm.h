@@ -76,7 +76,9 @@ inline void tile(int64_t kb, const float* a, int64_t lda, const float* b, float*
   const float* a4 = a + 4 * lda;
   const float* a5 = a + 5 * lda;
   for (int64_t k = 0; k < kb; ++k) {
-    if (next != nullptr) _mm_prefetch(reinterpret_cast<const char*>(next + k * kPanel), _MM_HINT_T1);
+    if (next != nullptr) {
+      _mm_prefetch(reinterpret_cast<const char*>(next + k * kPanel), _MM_HINT_T1);
+    }
     const __m256 b0 = _mm256_load_ps(b + k * kPanel);
     const __m256 b1 = _mm256_load_ps(b + k * kPanel + 8);
     __m256 av;
