@@ -5,15 +5,15 @@
 //   r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n),
 //   h = (1 - z) * n + z * h_prev,   with gi = x W_ih^T + b_ih and gh = h_prev W_hh^T + b_hh.
 //
-// Threads own hidden units (for_each_chunk) and with them the matching columns of the three gate
-// blocks; weights are packed once per call (PanelWeights, panel_gemm.h). The structure is the
-// LSTM's (lstm.cpp):
-// Forward: each step is one parallel region in which a thread computes x_t W_ih^T and
+// Threads own hidden units (for_each_step: one parallel region per sequence, a barrier after every
+// step) and with them the matching columns of the three gate blocks; weights are packed once per
+// call (PanelWeights, panel_gemm.h). The structure is the LSTM's (lstm.cpp):
+// Forward: in each step a thread computes x_t W_ih^T and
 // h_{t-1} W_hh^T for its columns into two (B, 3H) buffers (separate: b_hn and W_hn h sit inside
 // r * (...)) and then the fused, vectorised pointwise update of its units, which adds the biases,
 // saves r, z, n into gates[t] and gh_n (both needed by backward). The state alternates between
 // two buffers. Nothing is allocated in the loop.
-// Backward: each reverse step is one parallel region: dh += dgh[t+1] W_hh for a thread's units,
+// Backward: in each reverse step, dh += dgh[t+1] W_hh for a thread's units,
 // then the gradients of the gi and gh pre-activations of its units (dgh kept as dgi's r, z blocks
 // plus its own n block). After the loop dx = dgi W_ih
 // (chunked GEMM), dW_ih, dW_hh (BLAS GEMMs over all steps), db_ih, db_hh (sums).
