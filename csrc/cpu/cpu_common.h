@@ -66,10 +66,9 @@ constexpr int64_t kPanel = 16;
 
 // Splits the units [0, n) (hidden units, or input features for dx) into one contiguous chunk per
 // thread, boundaries on multiples of kPanel, and calls f(u0, u1) for each chunk from one
-// at::parallel_for. Each time step of the kernels is one such call: a thread runs the GEMM for its
-// own columns and then the pointwise update of its own units, so the barrier at the end of the
-// parallel region is the step's only synchronisation. `flops` (the call's work) keeps small
-// problems on the calling thread.
+// at::parallel_for: the single GEMMs outside the time loop (dx, the last dh) and the time loop's
+// fallback in builds without OpenMP. `flops` (the call's work) keeps small problems on the calling
+// thread.
 template <typename F>
 inline void for_each_chunk(int64_t n, int64_t flops, const F& f) {
   const int64_t panels = (n + kPanel - 1) / kPanel;
