@@ -21,6 +21,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -29,8 +30,10 @@ import torch
 import fused_rnn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# (T, B, I, H): PyTorch's benchmarks/fastrnns default, and one layer of the IMDB example.
-SHAPES = {"fastrnns": (100, 64, 512, 512), "imdb": (256, 64, 128, 256)}
+sys.path.insert(0, HERE)  # the sibling script bench_cpu.py: same shapes, same timed calls
+from bench_cpu import SHAPES  # noqa: E402
+from bench_cpu import _runner as runner  # noqa: E402
+
 TARGET = {"infer": 1.0, "fwd+bwd": 1.3}  # the speed targets vs nn.LSTM / nn.GRU
 
 
@@ -73,24 +76,6 @@ def layer_flops(cell: str, shape: str, mode: str) -> float:
     T, B, n_in, hidden = SHAPES[shape]
     fwd = 2 * T * B * (4 if cell == "lstm" else 3) * hidden * (n_in + hidden)
     return fwd if mode == "infer" else 3 * fwd
-
-
-def runner(module, x, dy, mode):
-    if mode == "infer":
-
-        def run():
-            with torch.no_grad():
-                module(x)
-
-    else:
-
-        def run():
-            module.zero_grad(set_to_none=True)
-            x.grad = None
-            y, _ = module(x)
-            y.backward(dy)
-
-    return run
 
 
 def main() -> None:

@@ -186,12 +186,9 @@ class PanelWeights {
 #endif
   }
 
-  int64_t k() const { return k_; }
-  int64_t width() const { return width_; }
-
   // For every group g: c[:, g * width + [n0, n1)] (+)= a (m x k, row stride lda) @
   // op(W)[:, g * width + [n0, n1)], with c the (m, ldc) row-major output (column 0 of group 0).
-  // n0 must be a multiple of kPanel (for_each_chunk's boundaries are). Single-threaded: called
+  // n0 must be a multiple of kPanel (chunk_range's boundaries are). Single-threaded: called
   // once per chunk of a parallel loop.
   void run(const scalar_t* a, int64_t lda, int64_t m, int64_t n0, int64_t n1, scalar_t* c,
            int64_t ldc, bool accumulate) const {
@@ -232,13 +229,13 @@ class PanelWeights {
 
 #if FUSED_RNN_PANEL_KERNEL
   void pack(const at::Tensor& w) {
-    panels_ = (width_ + kPanel - 1) / kPanel;
-    packed_ = at::empty({groups_ * panels_ * k_ * kPanel}, w.options());
+    const int64_t panels = (width_ + kPanel - 1) / kPanel;  // per group
+    packed_ = at::empty({groups_ * panels * k_ * kPanel}, w.options());
     float* dst = packed_.data_ptr<float>();
     const float* src = w.data_ptr<float>();
     const int64_t k = k_, width = width_, groups = groups_, n_total = groups_ * width_;
     const bool tr = transposed_;
-    at::parallel_for(0, groups_ * panels_, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, groups_ * panels, 1, [&](int64_t begin, int64_t end) {
       for (int64_t qg = begin; qg < end; ++qg) {
         const int64_t q = qg / groups, g = qg % groups;
         float* out = dst + qg * k * kPanel;
@@ -265,7 +262,6 @@ class PanelWeights {
   const scalar_t* w_;
   bool transposed_;
   int64_t groups_, k_, width_;
-  int64_t panels_ = 0;  // panels per group
   at::Tensor packed_;   // float32 panels, undefined on the BLAS path
 };
 
