@@ -167,6 +167,10 @@ class RowWriter:
             self.w.writeheader()
             self.f.flush()
         self.env = env
+        self.n = 0
+        # Tests only (tests/test_gpu_script.py): hang after this many rows, as a case that
+        # outlasts the step's limit would, to show that the rows before it survive the kill.
+        self.stall_after = int(os.environ.get("FUSED_RNN_PATHS_STALL_AFTER", "0"))
         self.bad = 0  # fused_rnn rows that were WRONG or failed
         self.current: tuple | None = None  # (case, variant, mode) being run, for "interrupted"
 
@@ -197,6 +201,9 @@ class RowWriter:
         why = f"  {kw['detail']}" if kw.get("detail") and status != "ok" else ""
         print(f"{case.id:32s} {v.name:32s} {mode:8s} {status:8s} {ms:>10s} ms  err {err}{why}")
         sys.stdout.flush()
+        self.n += 1
+        if self.n == self.stall_after:
+            time.sleep(3600)
         return row
 
 
