@@ -35,7 +35,15 @@
 #   sanitizer  150s   ~40-90 s   compute-sanitizer memcheck + racecheck, one tiny persistent
 #                              forward + backward per cell, filtered to our kernels
 # A step's limit is the smaller of its own and what is left of GPU_CHECK_TOTAL_S (default 480)
-# after the reserve of the steps after it; with under 10 s it is skipped.
+# after the sanitizer's reserve (120 s); with under 10 s it is skipped. Steps may overrun their
+# limit by the 20 s that `timeout -k` grants after SIGINT, so the script ends within ~510 s.
+# Device time: the machine's start (1-3 min) + this budget + transfers, ~11-12 of the 15
+# minutes a task gets: a second full run does not fit; GPU_CHECK_ONLY reruns single steps while
+# the machine is still warm (it stays so only 30 s after a call).
+# The dry run takes ~35 s of CPU time on the 2-core CPU machine (34 s user measured; 2 min 20 s
+# of wall time beside other work); its stand-ins: the ops-registration check of CI's own build,
+# a few CPU tests per pytest step, benchmarks.paths --tiny on the CPU, a 2-case CPU grid, the
+# sanitizer's calls on the cpp backend without the tool.
 #
 # Environment: PYTHON (else python3, else python: the first that imports torch), GPU_CHECK_TOTAL_S,
 # GPU_CHECK_LIMIT_<STEP> (e.g. GPU_CHECK_LIMIT_ANCHORS=20: that step's limit), GPU_CHECK_ONLY
@@ -107,7 +115,7 @@ else
   MODE=gpu
   TOTAL_S=${GPU_CHECK_TOTAL_S:-480}
   MIN_STEP=10
-  SANITIZER_RESERVE=90
+  SANITIZER_RESERVE=120
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
   export MAX_JOBS=${MAX_JOBS:-16}
   export FUSED_RNN_REQUIRE_CUDA=1
