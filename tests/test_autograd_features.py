@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import backend_params, require_support
 from torch import nn
-from torch.func import functional_call, grad, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp, vmap
 
 import fused_rnn
 from fused_rnn import autograd as fr_autograd
@@ -219,6 +219,9 @@ def test_torch_func_transforms_like_torch(theirs_cls, ours_cls, kw, cell):
     torch.testing.assert_close(out_o, out_t)
     torch.testing.assert_close(f_o(torch.ones_like(out_o))[0], f_t(torch.ones_like(out_t))[0])
     torch.testing.assert_close(jacrev(lambda x: ours(x)[0])(x), jacrev(lambda x: theirs(x)[0])(x))
+    torch.testing.assert_close(
+        jacfwd(lambda x: ours(x)[0])(x[:2]), jacfwd(lambda x: theirs(x)[0])(x[:2])
+    )
     tangent = torch.randn_like(x)
     torch.testing.assert_close(
         jvp(lambda x: ours(x)[0], (x,), (tangent,))[1],
@@ -344,3 +347,34 @@ def test_constructor_errors_match_torch():
         _same_error(
             lambda a=args, k=kw: nn.RNN(*a, **k), lambda a=args, k=kw: fused_rnn.RNN(*a, **k)
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("theirs_cls,ours_cls,kw,cell", SEQ + CELLS, ids=SEQ_IDS + CELL_IDS)
+def test_autocast_cuda_gradscaler_and_compile(theirs_cls, ours_cls, kw, cell, dtype):
+    """CUDA autocast: outputs and states in the autocast dtype as torch's modules (cuDNN and the
+    *_cell ops are on the lower-precision list), fp32 parameter grads through GradScaler, and
+    the same under torch.compile(fullgraph=True)."""
+    is_cell = theirs_cls in (nn.LSTMCell, nn.GRUCell, nn.RNNCell)
+    theirs, ours = _pair(theirs_cls, ours_cls, 16, 32, **kw)
+    theirs, ours = theirs.cuda(), ours.cuda()
+    x = torch.randn(8, 16, device="cuda") if is_cell else torch.randn(10, 8, 16, device="cuda")
+    compiled = torch.compile(ours, fullgraph=True)
+    results = []
+    for m in (theirs, ours, compiled):
+        m.zero_grad()
+        scaler = torch.amp.GradScaler("cuda")
+        with torch.autocast("cuda", dtype=dtype):
+            outs = _flat(m(x))
+            loss = sum(t.float().pow(2).sum() for t in outs)
+        scaler.scale(loss).backward()
+        results.append((outs, [p.grad / scaler.get_scale() for p in m.parameters()]))
+    (o_t, g_t) = results[0]
+    for o_o, g_o in results[1:]:
+        assert [t.dtype for t in o_o] == [t.dtype for t in o_t]
+        for a, b in zip(o_o, o_t):
+            torch.testing.assert_close(a.float(), b.float(), atol=3e-2, rtol=3e-2)
+        for a, b in zip(g_o, g_t):
+            assert a.dtype == torch.float32
+            torch.testing.assert_close(a, b, atol=5e-2, rtol=5e-2)
