@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 import fused_rnn  # noqa: F401  (conftest has set TRITON_INTERPRET before this import)
+from fused_rnn.cells import CELLS, Cell
 
 triton_pkg = pytest.importorskip("fused_rnn.triton")
 from fused_rnn.triton import config  # noqa: E402
@@ -27,7 +27,6 @@ from fused_rnn.triton.common import INTERPRET  # noqa: E402
 BE = TritonBackend()
 DEV = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.skipif(BE.available() is not None, reason=str(BE.available()))
-CELLS = {n: SimpleNamespace(name=n) for n in SPECS}
 
 # (T, B, I, H, lengths, bias). Under the interpreter B=5 spans two batch blocks (BB=4); H=20
 # spans two hidden blocks of the per-step kernel and two K chunks of the per-step and streamed
@@ -291,7 +290,8 @@ def test_supports_and_available():
         assert BE.supports(cell, x, False) is None, name
     assert BE.supports(CELLS["lstm"], x, True) is None
     assert "LSTM only" in BE.supports(CELLS["gru"], x, True)
-    assert "unknown cell" in BE.supports(SimpleNamespace(name="mgu"), x, False)
+    assert "not implemented" in BE.supports(Cell("mgu", "MGU", 2, 1), x, False)
+    assert BE.supports("rnn_relu", x, False) is None  # a name works too
     assert "float64" in BE.supports(CELLS["gru"], x.double(), False)
     other = "cuda" if DEV == "cpu" else "cpu"
     if other == "cpu" or torch.cuda.is_available():

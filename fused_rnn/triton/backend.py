@@ -11,11 +11,12 @@ G gates (4 LSTM, 3 GRU, 1 RNN).
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
+from ..backends import as_cell
+from ..cells import Cell
 from . import proj
 from .cells import SPECS
 from .common import INTERPRET
@@ -24,8 +25,6 @@ from .recurrence import recurrence_bwd, recurrence_fwd
 __all__ = ["TritonBackend"]
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# The old per-cell methods' cell: anything with the name (fused_rnn.cells.Cell has more).
-_LEGACY = {n: SimpleNamespace(name=n) for n in SPECS}
 
 
 def _projection(x: Tensor, w_ih: Tensor) -> Tensor:
@@ -77,10 +76,10 @@ class TritonBackend:
             return "no CUDA device (set TRITON_INTERPRET=1 before importing to run interpreted)"
         return None
 
-    def supports(self, cell, x: Tensor, has_proj: bool) -> str | None:
-        name = getattr(cell, "name", cell)
+    def supports(self, cell: Cell | str, x: Tensor, has_proj: bool) -> str | None:
+        name = as_cell(cell).name
         if name not in SPECS:
-            return f"unknown cell {name!r}"
+            return f"the {name} cell is not implemented by the triton backend"
         if has_proj and not SPECS[name].has_c:
             return f"proj_size applies to the LSTM only, not {name}"
         if x.dtype not in _DTYPES:
@@ -90,7 +89,7 @@ class TritonBackend:
             return f"tensors on {x.device.type}; the triton backend runs on {want} here"
         return None
 
-    def fwd(self, cell, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
+    def fwd(self, cell: Cell, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
         """The contract's forward (fused_rnn.backends): x (T, B, I), hx (h0 (B, P), c0 (B, H))
         for the LSTM else (h0 (B, H),) -> y (T, B, P), hn like hx, saved."""
         spec = SPECS[cell.name]
@@ -118,7 +117,7 @@ class TritonBackend:
             (x, hx[0], w_ih, w_hh, w_rec, b_ih, b_hh, w_hr, lens, gates, hs, cs),
         )
 
-    def bwd(self, cell, saved, dy, dhn):
+    def bwd(self, cell: Cell, saved, dy, dhn):
         """The contract's backward: dy (T, B, P), dhn like hx -> (dx, dhx, dw_ih, dw_hh,
         db_ih, db_hh, dw_hr), dw_hr None without a projection."""
         spec = SPECS[cell.name]
@@ -140,24 +139,3 @@ class TritonBackend:
         dhx = tuple(d.to(x.dtype) for d in dhx)
         db_ih, db_hh = _bias_grad(dgx, b_ih), _bias_grad(dgh, b_hh)
         return dx, dhx, dw_ih, dw_hh, db_ih, db_hh, dw_hr
-
-    # ------------------------------------- the per-cell contract, until main moves to fwd/bwd
-    def lstm_fwd(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
-        y, (hn, cn), saved = self.fwd(
-            _LEGACY["lstm"], x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved
-        )
-        return y, hn, cn, saved
-
-    def lstm_bwd(self, saved, dy, dhn, dcn):
-        dx, (dh0, dc0), *rest = self.bwd(_LEGACY["lstm"], saved, dy, (dhn, dcn))
-        return dx, dh0, dc0, *rest
-
-    def gru_fwd(self, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, need_saved):
-        y, (hn,), saved = self.fwd(
-            _LEGACY["gru"], x, (h0,), w_ih, w_hh, b_ih, b_hh, None, lengths, need_saved
-        )
-        return y, hn, saved
-
-    def gru_bwd(self, saved, dy, dhn):
-        dx, (dh0,), *rest = self.bwd(_LEGACY["gru"], saved, dy, (dhn,))
-        return dx, dh0, *rest[:4]

@@ -12,10 +12,10 @@ import csv
 import os
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
+from ..cells import CELLS
 from .backend import TritonBackend
 from .config import PATH_ENV, PATHS
 
@@ -90,7 +90,7 @@ def time_case(cell, T, B, n_in, H, dt, paths, device="cuda") -> list[list]:
         else:
             os.environ[PATH_ENV] = path
         try:
-            fwd, fwd_bwd = _triton_fns(SimpleNamespace(name=cell), x, hx, mod, dy)
+            fwd, fwd_bwd = _triton_fns(CELLS[cell], x, hx, mod, dy)
             with torch.no_grad():
                 f = _median_ms(fwd, 5, device)
             rows.append([*shape, name, f, _median_ms(fwd_bwd, 3, device), ""])
