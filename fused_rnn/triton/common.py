@@ -64,6 +64,27 @@ def grid_barrier(counter_ptr, target):
 
 
 @triton.jit
+def program_tile(len_ptr, B, H, BB: tl.constexpr, BH: tl.constexpr):
+    """This program's tile, batch rows [pid_b*BB, +BB) x hidden units [pid_h*BH, +BH):
+    rows (BB,) int64, row_ok, lens (BB,) the rows' lengths (len_ptr (B,) int64), j (BH,),
+    j_ok, and over the (BB, BH) tile the mask and the offsets into a (B, H) state slot."""
+    rows = tl.program_id(1) * BB + tl.arange(0, BB).to(tl.int64)
+    row_ok = rows < B
+    lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    j = tl.program_id(0) * BH + tl.arange(0, BH)
+    j_ok = j < H
+    return (
+        rows,
+        row_ok,
+        lens,
+        j,
+        j_ok,
+        row_ok[:, None] & j_ok[None, :],
+        rows[:, None] * H + j[None, :],
+    )
+
+
+@triton.jit
 def ld(ptr, offs, mask):
     """fp32 load of ptr[offs] (0 where masked off). ``.cg`` reads through L2 only: in the
     persistent kernel these tiles were written by other programs, and L1 is not coherent

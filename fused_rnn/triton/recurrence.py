@@ -26,6 +26,7 @@ from .cells import BY_KID, CellSpec
 from .common import (
     grid_barrier,
     ld,
+    program_tile,
     rec_bwd_chunked,
     rec_bwd_resident,
     rec_fwd_chunked,
@@ -95,16 +96,9 @@ def _fwd_kernel(
     DOT_F32: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    pid_h = tl.program_id(0)
+    rows, row_ok, lens, j, j_ok, m2, own = program_tile(len_ptr, B, H, BB, BH)
     pid_b = tl.program_id(1)
     n_h = tl.num_programs(0)
-    rows = pid_b * BB + tl.arange(0, BB).to(tl.int64)
-    row_ok = rows < B
-    lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
-    j = pid_h * BH + tl.arange(0, BH)
-    j_ok = j < H
-    m2 = row_ok[:, None] & j_ok[None, :]
-    own = rows[:, None] * H + j[None, :]  # (BB, BH) offsets into a (B, H) slot
     xg = rows[:, None] * G * H + j[None, :]  # gate 0 of a (B, G*H) step of xp
     sg = rows[:, None] * NS * H + j[None, :]  # column 0 of a (B, NS*H) saved step
     b0, b1, b2, b3 = ld_cols(b_ptr, j[None, :], j_ok[None, :], H, NG)
@@ -183,16 +177,9 @@ def _bwd_kernel(
     for this program's units (dG[t+1] comes from every program: barrier before; the GRU's
     n gate meets W_hh through its W_hn h + b_hn column); (B) for t >= 0 the pointwise backward
     of step t, writing dG[t] and the next slots; at t = -1, dh0."""
-    pid_h = tl.program_id(0)
+    rows, row_ok, lens, j, j_ok, m2, own = program_tile(len_ptr, B, H, BB, BH)
     pid_b = tl.program_id(1)
     n_h = tl.num_programs(0)
-    rows = pid_b * BB + tl.arange(0, BB).to(tl.int64)
-    row_ok = rows < B
-    lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
-    j = pid_h * BH + tl.arange(0, BH)
-    j_ok = j < H
-    m2 = row_ok[:, None] & j_ok[None, :]
-    own = rows[:, None] * H + j[None, :]
     sg = rows[:, None] * NS * H + j[None, :]
     dgo = rows[:, None] * NG * H + j[None, :]
     if RESIDENT:
