@@ -9,6 +9,10 @@ Environment switches:
   FUSED_RNN_CPU_ISA=default compile the CPU kernels for the baseline ISA instead of AVX2+FMA
                             (picked automatically when the build machine lacks AVX2).
   FUSED_RNN_NO_OPENMP=1    build without -fopenmp (then at::parallel_for in the kernels is serial).
+  FUSED_RNN_REQUIRE_CUDA=1 fail (instead of building the CPU ops alone) when the CUDA sources
+                            cannot be built here: torch without CUDA, or no nvcc.
+  TORCH_CUDA_ARCH_LIST      the GPU architectures, torch's own switch (e.g. "9.0" or "8.0;9.0");
+                            unset: sm_80 and sm_90.
 Build: pip install --no-build-isolation -e .
 """
 
@@ -55,6 +59,27 @@ def _openmp_flags() -> list[str]:
     return ["-fopenmp"]
 
 
+def _cuda_missing(torch_cuda: str | None, nvcc: str | None, cuda_sources: list[str]) -> str:
+    """Why the CUDA sources cannot be built here ("" when they can)."""
+    why = []
+    if torch_cuda is None:
+        why.append("this torch was built without CUDA (torch.version.cuda is None)")
+    if not nvcc:
+        why.append("nvcc is neither on PATH nor in CUDA_HOME/bin")
+    if not cuda_sources:
+        why.append("no csrc/cuda/*.cu sources")
+    return "; ".join(why)
+
+
+def _cuda_arch_flags() -> list[str]:
+    """No -gencode when TORCH_CUDA_ARCH_LIST is set: torch's BuildExtension then derives them
+    from it (it adds its own only when the nvcc flags name no arch). Unset: sm_80 and sm_90, so
+    that a build on a machine without a GPU does not depend on what torch would guess."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip():
+        return []
+    return ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+
+
 def _extensions():
     if os.environ.get("FUSED_RNN_NO_EXT", "") == "1":
         return [], {}
@@ -69,18 +94,15 @@ def _extensions():
     home = cpp_extension.CUDA_HOME
     nvcc = shutil.which("nvcc") or (home and shutil.which(os.path.join(home, "bin", "nvcc")))
     cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
-    if torch.version.cuda is not None and nvcc and cuda_sources:
+    missing = _cuda_missing(torch.version.cuda, nvcc, cuda_sources)
+    if missing and os.environ.get("FUSED_RNN_REQUIRE_CUDA", "") == "1":
+        # scripts/gpu_check.sh sets this: a GPU run must not quietly test a CPU-only build.
+        raise SystemExit(f"FUSED_RNN_REQUIRE_CUDA=1 but the CUDA ops cannot be built: {missing}")
+    if not missing:
         ext = cpp_extension.CUDAExtension(
             "fused_rnn._C",
             sources + cuda_sources,
-            extra_compile_args={
-                "cxx": cxx,
-                "nvcc": [
-                    "-O3",
-                    "-gencode=arch=compute_80,code=sm_80",
-                    "-gencode=arch=compute_90,code=sm_90",
-                ],
-            },
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", *_cuda_arch_flags()]},
             extra_link_args=omp,
             py_limited_api=True,
         )

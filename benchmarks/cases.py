@@ -16,7 +16,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru")  # the cells of the grids
+# Every cell a Case may name: torch module and gate count. The RNN cells are benchmarked once
+# fused_rnn has them (a provider without the cell is skipped with the reason); they are left out
+# of the grids until then, but benchmarks.paths can list them among its anchors.
+ALL_CELLS = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -49,8 +53,8 @@ class Case:
     providers: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
+        if self.cell not in ALL_CELLS:
+            raise ValueError(f"cell must be one of {tuple(ALL_CELLS)}, got {self.cell!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.varlen not in ("", "packed", "padded"):
@@ -244,7 +248,7 @@ def estimate_seconds(case: Case, providers: tuple[str, ...], device: str, quick:
     from .timing import TimingConfig
 
     cfg = TimingConfig.for_device(device, quick)
-    gates = 4 if case.cell == "lstm" else 3
+    gates = ALL_CELLS[case.cell]
     dirs = 2 if case.bidirectional else 1
     T = case.T if not case.varlen else case.T * 0.8  # the longest of B IMDB draws
     steps = T * case.layers * dirs

@@ -60,11 +60,19 @@ class Inputs:
         )
 
 
+def torch_class(cell: str) -> tuple[type, dict]:
+    """torch's module class of ``cell`` and the constructor kwargs that select it; fused_rnn's
+    modules share the names and kwargs (``fused_rnn.RNN(..., nonlinearity=...)``)."""
+    if cell.startswith("rnn_"):
+        return nn.RNN, {"nonlinearity": cell[4:]}
+    return {"lstm": nn.LSTM, "gru": nn.GRU}[cell], {}
+
+
 def make_torch_module(case: Case, device: str, seed: int) -> nn.Module:
-    """torch's nn.LSTM / nn.GRU for the case (time-major), default init from ``seed``."""
+    """torch's nn.LSTM / nn.GRU / nn.RNN for the case (time-major), default init from ``seed``."""
     torch.manual_seed(seed)
-    cls = nn.LSTM if case.cell == "lstm" else nn.GRU
-    m = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
+    cls, kwargs = torch_class(case.cell)
+    m = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional, **kwargs)
     return m.to(device=device, dtype=case.torch_dtype)
 
 

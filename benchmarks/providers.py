@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .cases import Case
+from .check import torch_class
 
 FUSED_BACKENDS = ("reference", "cpp", "cuda", "triton")
 
@@ -67,7 +68,7 @@ class TorchCompileProvider(Provider):
 
 
 class FusedProvider(Provider):
-    """fused_rnn.LSTM / GRU pinned to one backend, loaded from torch's state dict."""
+    """fused_rnn.LSTM / GRU / RNN pinned to one backend, loaded from torch's state dict."""
 
     def __init__(self, backend: str):
         self.name = backend
@@ -78,8 +79,9 @@ class FusedProvider(Provider):
             from fused_rnn.backends import backend_status
         except ImportError as e:
             return f"fused_rnn not importable: {e}"
-        if not hasattr(fused_rnn, "LSTM") or not hasattr(fused_rnn, "GRU"):
-            return "fused_rnn has no LSTM/GRU modules yet"
+        name = torch_class(case.cell)[0].__name__
+        if not hasattr(fused_rnn, name):
+            return f"fused_rnn has no {name} module yet"
         why = backend_status().get(self.name, "not registered")
         if why is not None:
             return why
@@ -90,13 +92,14 @@ class FusedProvider(Provider):
     def build(self, torch_module, case):
         import fused_rnn
 
-        cls = fused_rnn.LSTM if case.cell == "lstm" else fused_rnn.GRU
-        m = cls(
+        theirs, kwargs = torch_class(case.cell)
+        m = getattr(fused_rnn, theirs.__name__)(
             case.I,
             case.H,
             num_layers=case.layers,
             bidirectional=case.bidirectional,
             backend=self.name,
+            **kwargs,
         )
         m = m.to(device=next(torch_module.parameters()).device, dtype=case.torch_dtype)
         m.load_state_dict(torch_module.state_dict())
@@ -186,6 +189,8 @@ class HasteProvider(Provider):
             return "haste_pytorch not installed (its 2020 source release rarely builds)"
         if device != "cuda":
             return "haste needs CUDA"
+        if case.cell not in ("lstm", "gru"):
+            return "haste has LSTM and GRU only"
         if case.layers > 1 or case.bidirectional or case.varlen == "packed":
             return "haste runs one unidirectional layer on dense input"
         return None

@@ -203,18 +203,30 @@ def run_grid(
     budget_s: float | None = None,
     log=print,
     stat: str = "median",
+    estimate=None,
+    on_case=None,
 ) -> tuple[list[Result], list[Case]]:
-    """Run ``cases`` in order until ``budget_s`` runs out; returns (results, cases not run)."""
+    """Run ``cases`` in order within ``budget_s``; returns (results, cases not run).
+
+    With ``estimate(case) -> seconds``, a case that would not finish inside what is left of the
+    budget is not started (a later, cheaper one may still be); without, cases start until the
+    budget is spent. ``on_case(results)`` is called as each case finishes (the CLI appends its
+    CSV rows there, so a run stopped from outside keeps every finished case)."""
     start = time.monotonic()
     results, left = [], []
     for i, case in enumerate(cases):
-        if budget_s is not None and time.monotonic() - start > budget_s:
-            left = cases[i:]
-            log(f"budget of {budget_s:.0f}s spent: {len(left)} case(s) not run")
-            break
+        if budget_s is not None:
+            spare = budget_s - (time.monotonic() - start)
+            need = estimate(case) if estimate is not None else 0.0
+            if spare <= 0 or need > spare:
+                left.append(case)
+                log(f"[{i + 1}/{len(cases)}] {case.id}: not run (~{need:.0f}s > {spare:.0f}s left)")
+                continue
         t0 = time.monotonic()
         rs = run_case(case, providers, device, cfg, seed, data_dir, log, stat)
         results += rs
+        if on_case is not None:
+            on_case(rs)
         log(
             f"[{i + 1}/{len(cases)}] {case.id}: {time.monotonic() - t0:.1f}s  "
             + "  ".join(f"{r.provider}={r.status}" for r in rs if r.mode == "fwd_bwd")

@@ -1,8 +1,8 @@
-"""fused_rnn: fused LSTM and GRU kernels for PyTorch, as drop-in nn.Modules.
+"""fused_rnn: fused LSTM, GRU and RNN kernels for PyTorch, as drop-in nn.Modules.
 
     import fused_rnn
     lstm = fused_rnn.LSTM(128, 256, num_layers=2, batch_first=True)   # like nn.LSTM
-    model = fused_rnn.convert(model)                                   # swap nn.LSTM/GRU in place
+    model = fused_rnn.convert(model)          # swap nn.LSTM/GRU/RNN (and cells) in place
 
 See fused_rnn.backends for the backends and how one is chosen.
 """
@@ -16,8 +16,8 @@ from .backends import (
     use_backend,
 )
 from .convert import convert
-from .functional import gru, lstm
-from .modules import GRU, LSTM, GRUCell, LSTMCell
+from .functional import gru, lstm, rnn
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
@@ -28,11 +28,14 @@ __all__ = [
     "BackendUnavailableError",
     "GRUCell",
     "LSTMCell",
+    "RNN",
+    "RNNCell",
     "available_backends",
     "backend_status",
     "convert",
     "gru",
     "lstm",
+    "rnn",
     "register_backend",
     "use_backend",
 ]

@@ -13,8 +13,10 @@ __all__ = ["convert"]
 _SWAP = {
     nn.LSTM: modules.LSTM,
     nn.GRU: modules.GRU,
+    nn.RNN: modules.RNN,
     nn.LSTMCell: modules.LSTMCell,
     nn.GRUCell: modules.GRUCell,
+    nn.RNNCell: modules.RNNCell,
 }
 
 
@@ -31,7 +33,8 @@ def _fused_copy(old: nn.Module, backend: str) -> nn.Module:
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
-    """Replace every ``nn.LSTM``, ``nn.GRU``, ``nn.LSTMCell`` and ``nn.GRUCell`` inside ``model``
+    """Replace every ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``, ``nn.LSTMCell``, ``nn.GRUCell`` and
+    ``nn.RNNCell`` inside ``model``
     (at any depth, in ModuleList / Sequential / dicts too) with the fused_rnn equivalent, in
     place, and return ``model``. The new modules use the same parameter tensors, so outputs are
     unchanged up to the backend's rounding and optimisers need not be rebuilt.

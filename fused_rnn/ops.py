@@ -41,6 +41,8 @@ import os
 import torch
 from torch import Tensor
 
+from .cells import CELLS, Cell
+
 __all__ = ["CompiledBackend", "CppBackend", "CudaBackend", "load_library"]
 
 REBUILD = "rebuild with: pip install --no-build-isolation -e ."
@@ -232,7 +234,11 @@ def _c(t: Tensor | None) -> Tensor | None:
 
 
 class CompiledBackend:
-    """The backend contract (fused_rnn.backends) on torch.ops.fused_rnn.* for one device type."""
+    """The backend contract (fused_rnn.backends) on torch.ops.fused_rnn.* for one device type.
+
+    Every cell; the LSTM also with a projection (w_hr). ``saved`` is the tail of the cell's bwd
+    op arguments (everything before dy): the forward's inputs, y and the saved activations.
+    """
 
     name: str = "compiled"
     device: str = ""
@@ -240,43 +246,53 @@ class CompiledBackend:
     def available(self) -> str | None:
         return _status(self.device)
 
-    def supports(self, cell: str, x: Tensor, has_proj: bool) -> str | None:
-        if cell not in ("lstm", "gru"):
-            return f"unknown cell {cell!r}"
-        if has_proj and cell != "lstm":
-            return f"proj_size > 0 is an LSTM option, not {cell}'s"
+    def supports(self, cell: Cell | str, x: Tensor, has_proj: bool) -> str | None:
+        name = getattr(cell, "name", cell)
+        if name not in CELLS:
+            return f"unknown cell {name!r}"
+        if has_proj and name != "lstm":
+            return f"proj_size > 0 is an LSTM option, not {name}'s"
         if x.device.type != self.device:
             return f"input is on {x.device.type}, this backend runs on {self.device}"
         if x.dtype not in _DTYPES:
             return f"dtype {x.dtype} is not supported (float16, bfloat16, float32, float64 are)"
         return None
 
-    def lstm_fwd(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
-        args = [_c(t) for t in (x, h0, c0, w_ih, w_hh)]
-        w_hr = _c(w_hr)
-        y, hn, cn, gates, cs = torch.ops.fused_rnn.lstm_fwd(
-            *args, _c(b_ih), _c(b_hh), w_hr, lengths, need_saved
+    def fwd(self, cell: Cell, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
+        x, w_ih, w_hh, b_ih, b_hh, w_hr = (_c(t) for t in (x, w_ih, w_hh, b_ih, b_hh, w_hr))
+        hx = tuple(_c(h) for h in hx)
+        if cell.is_lstm:
+            y, hn, cn, gates, cs = torch.ops.fused_rnn.lstm_fwd(
+                x, *hx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved
+            )
+            saved = (x, *hx, w_ih, w_hh, w_hr, y, gates, cs, lengths)
+            return y, (hn, cn), saved if need_saved else ()
+        if cell.gates == 3:
+            y, hn, gates, ghn = torch.ops.fused_rnn.gru_fwd(
+                x, *hx, w_ih, w_hh, b_ih, b_hh, lengths, need_saved
+            )
+            saved = (x, *hx, w_ih, w_hh, y, gates, ghn, lengths)
+            return y, (hn,), saved if need_saved else ()
+        relu = cell.name == "rnn_relu"
+        y, hn = torch.ops.fused_rnn.rnn_fwd(
+            x, *hx, w_ih, w_hh, b_ih, b_hh, lengths, relu, need_saved
         )
-        saved = (*args, w_hr, y, gates, cs, lengths) if need_saved else ()
-        return y, hn, cn, saved
+        return y, (hn,), (x, *hx, w_ih, w_hh, y, lengths) if need_saved else ()
 
-    def lstm_bwd(self, saved, dy, dhn, dcn):
-        dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = torch.ops.fused_rnn.lstm_bwd(
-            *saved, _c(dy), _c(dhn), _c(dcn)
-        )
-        # b_ih and b_hh have the same gradient; separate tensors so the two .grad never alias.
-        return dx, dh0, dc0, dw_ih, dw_hh, db, db.clone(), dw_hr if saved[5] is not None else None
-
-    def gru_fwd(self, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, need_saved):
-        args = [_c(t) for t in (x, h0, w_ih, w_hh)]
-        y, hn, gates, ghn = torch.ops.fused_rnn.gru_fwd(
-            *args, _c(b_ih), _c(b_hh), lengths, need_saved
-        )
-        saved = (*args, y, gates, ghn, lengths) if need_saved else ()
-        return y, hn, saved
-
-    def gru_bwd(self, saved, dy, dhn):
-        return torch.ops.fused_rnn.gru_bwd(*saved, _c(dy), _c(dhn))
+    def bwd(self, cell: Cell, saved, dy, dhn):
+        dy = _c(dy)
+        dhn = tuple(_c(d) for d in dhn)
+        if cell.is_lstm:
+            dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = torch.ops.fused_rnn.lstm_bwd(*saved, dy, *dhn)
+            # b_ih and b_hh have the same gradient; separate tensors so the two .grad never alias.
+            dw_hr = dw_hr if saved[5] is not None else None
+            return dx, (dh0, dc0), dw_ih, dw_hh, db, db.clone(), dw_hr
+        if cell.gates == 3:
+            dx, dh0, dw_ih, dw_hh, db_ih, db_hh = torch.ops.fused_rnn.gru_bwd(*saved, dy, *dhn)
+            return dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh, None
+        relu = cell.name == "rnn_relu"
+        dx, dh0, dw_ih, dw_hh, db = torch.ops.fused_rnn.rnn_bwd(*saved, relu, dy, *dhn)
+        return dx, (dh0,), dw_ih, dw_hh, db, db.clone(), None
 
 
 class CppBackend(CompiledBackend):

@@ -2,9 +2,12 @@
 
 - torch.library.opcheck on every op (schema, fake kernel, AOT dispatch), fp32 and fp64, with and
   without biases, lengths and saved activations;
-- the op outputs and gradients against the reference backend at the op boundary, including the
-  padded-step semantics (y = 0 there, frozen state, zero gradients, NaN not leaking);
-- torch.compile(fullgraph=True) of an LSTM and a GRU layer through the cpp backend;
+- every output and gradient of the cpp backend's contract (LSTM with and without projection,
+  GRU, RNN tanh / relu) against the reference backend (the RNN: an explicit loop with the ops'
+  bf16 semantics), nn.RNN and nn.LSTM(proj_size) themselves, including the padded-step semantics
+  (y = 0 there, frozen state, zero gradients, NaN not leaking);
+- torch.compile(fullgraph=True) of LSTM (with and without projection), GRU and RNN layers
+  through the cpp backend, and of the rnn ops themselves;
 - clear errors for bad input at the op boundary, and the backend's supports()/available() reasons.
 """
 
@@ -124,35 +127,29 @@ def test_opcheck(cell, case, dtype):
 
 # ------------------------------------------------------------------ against the reference
 def _contract_run(be, cell, a, grads):
-    """Forward and backward through backend `be`'s contract; returns every output and grad."""
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths = (
-        a[k] for k in ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh", "lengths")
-    )
-    if _op(cell) == "lstm":
-        y, hn, cn, saved = be.lstm_fwd(
-            x, h0, a["c0"], w_ih, w_hh, b_ih, b_hh, a["w_hr"], lengths, True
-        )
-        return (y, hn, cn, *be.lstm_bwd(saved, *grads))
-    y, hn, saved = be.gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, True)
-    return (y, hn, *be.gru_bwd(saved, *grads))
-
-
-def _rnn_op_run(cell, a, grads):
-    """rnn_fwd then rnn_bwd: (y, hn, dx, dh0, dw_ih, dw_hh, db)."""
-    y, hn = ops.rnn_fwd(*_fwd_args(cell, a, True))
-    return (y, hn, *ops.rnn_bwd(*_bwd_args(cell, a, (y, hn), grads)))
+    """Forward and backward through backend `be`'s contract (fused_rnn.backends): y, hn[, cn],
+    dx, dh0[, dc0], dw_ih, dw_hh, db_ih, db_hh[, dw_hr]."""
+    c = fused_rnn.cells.cell_for_mode("lstm" if cell == "lstm_proj" else cell)
+    hx = (a["h0"], a["c0"]) if c.is_lstm else (a["h0"],)
+    w_hr = a.get("w_hr")
+    args = (a["x"], hx, a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], w_hr, a["lengths"], True)
+    y, hn, saved = be.fwd(c, *args)
+    dx, dhx, dw_ih, dw_hh, db_ih, db_hh, dw_hr = be.bwd(c, saved, grads[0], tuple(grads[1:]))
+    if a["b_ih"] is None:  # no bias: the contract may return None or anything; nothing to compare
+        db_ih = db_hh = None
+    return (y, *hn, dx, *dhx, dw_ih, dw_hh, db_ih, db_hh, *([dw_hr] if w_hr is not None else []))
 
 
 def _cpp_run(cell, a, grads):
-    """Every output and gradient of the cpp ops for `cell`."""
-    return _rnn_op_run(cell, a, grads) if _op(cell) == "rnn" else _contract_run(CPP, cell, a, grads)
+    """Every output and gradient of the cpp backend's contract for `cell`."""
+    return _contract_run(CPP, cell, a, grads)
 
 
 def _rnn_loop_run(cell, a, grads):
     """The Elman RNN as a plain loop in the accumulation dtype with an explicit backward: the
     oracle for rnn_fwd / rnn_bwd (padded steps: y = 0, state frozen, zero gradients). As the ops,
     backward takes h_t from y in the input dtype (bfloat16 y rounds it: so does nn.RNN, whose
-    tanh / relu backward reads its bfloat16 output). Same outputs as _rnn_op_run."""
+    tanh / relu backward reads its bfloat16 output). Outputs as _contract_run's."""
     dt = a["x"].dtype
     acc = _acc(dt)
     x, h0, w_ih, w_hh = (a[k].to(acc) for k in ("x", "h0", "w_ih", "w_hh"))
@@ -184,7 +181,9 @@ def _rnn_loop_run(cell, a, grads):
     dw_ih = flat.t() @ x.reshape(T * B, -1)
     dw_hh = flat.t() @ h_prev.reshape(T * B, -1)
     dx = (flat @ w_ih).view(T, B, -1)
-    return tuple(t.to(dt) for t in (y, h, dx, dh, dw_ih, dw_hh, flat.sum(0)))
+    db = flat.sum(0) if a["b_ih"] is not None else None
+    out = (y, h, dx, dh, dw_ih, dw_hh, db, db)
+    return tuple(None if t is None else t.to(dt) for t in out)
 
 
 @contextlib.contextmanager
@@ -396,8 +395,14 @@ def test_float32_tanh_accuracy():
 # ----------------------------------------------------------------------------- torch.compile
 @pytest.mark.parametrize(
     "cls,kw",
-    [(fused_rnn.LSTM, {}), (fused_rnn.LSTM, {"proj_size": 2}), (fused_rnn.GRU, {})],
-    ids=["lstm", "lstm_proj", "gru"],
+    [
+        (fused_rnn.LSTM, {}),
+        (fused_rnn.LSTM, {"proj_size": 2}),
+        (fused_rnn.GRU, {}),
+        (fused_rnn.RNN, {}),
+        (fused_rnn.RNN, {"nonlinearity": "relu"}),
+    ],
+    ids=["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"],
 )
 def test_compile_fullgraph_cpp(cls, kw):
     torch._dynamo.reset()
@@ -471,9 +476,10 @@ def test_bwd_without_saved_activations_is_an_error():
 def test_backend_reasons():
     assert CPP.available() is None
     x = torch.randn(2, 1, 3)
-    assert CPP.supports("lstm", x, False) is None
-    assert CPP.supports("lstm", x, True) is None
-    assert "proj_size" in CPP.supports("gru", x, True)
+    for cell in fused_rnn.cells.CELLS.values():
+        assert CPP.supports(cell, x, False) is None
+    assert CPP.supports(fused_rnn.cells.LSTM_CELL, x, True) is None
+    assert "proj_size" in CPP.supports(fused_rnn.cells.RNN_TANH_CELL, x, True)
     assert "float16, bfloat16" in CPP.supports("gru", x.to(torch.complex64), False)
     assert "runs on cuda" in CudaBackend().supports("gru", x, False)
     if not torch.cuda.is_available():

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-import fused_rnn  # noqa: F401  (conftest has set TRITON_INTERPRET before this import)
+import fused_rnn
 from fused_rnn.reference import ReferenceBackend
 
 triton_pkg = pytest.importorskip("fused_rnn.triton")
@@ -52,13 +52,13 @@ def _run(be, cell, inputs, params, lengths, grads_in):
     anyway, so they are dropped here)."""
     x, h0, c0 = inputs
     dy, dhn, dcn = grads_in
-    if cell == "lstm":
-        y, hn, cn, saved = be.lstm_fwd(x, h0, c0, *params, None, lengths, True)
-        outs, grads = [y, hn, cn], list(be.lstm_bwd(saved, dy, dhn, dcn)[:7])
-    else:
-        y, hn, saved = be.gru_fwd(x, h0, *params, lengths, True)
-        outs, grads = [y, hn], list(be.gru_bwd(saved, dy, dhn))
-    if be is REF and params[2] is None:
+    generic = fused_rnn.backends._as_backend(be)
+    c = fused_rnn.cells.cell_for_mode(cell)
+    hx, dhn_t = ((h0, c0), (dhn, dcn)) if cell == "lstm" else ((h0,), (dhn,))
+    y, hn, saved = generic.fwd(c, x, hx, *params, None, lengths, True)
+    dx, dhx, dw_ih, dw_hh, db_ih, db_hh, _ = generic.bwd(c, saved, dy, dhn_t)
+    outs, grads = [y, *hn], [dx, *dhx, dw_ih, dw_hh, db_ih, db_hh]
+    if params[2] is None:
         grads[-2:] = [None, None]
     return outs, grads
 
