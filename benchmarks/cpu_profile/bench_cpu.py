@@ -1,4 +1,4 @@
-"""Side-by-side CPU timing of nn.LSTM / nn.GRU (oneDNN) and fused_rnn's "cpp" backend.
+"""Side-by-side CPU timing of nn.LSTM / nn.GRU (oneDNN) / nn.RNN and fused_rnn's "cpp" backend.
 
 One layer, one direction, fp32, padded time-major input. For each thread count, shape and cell,
 both providers run interleaved in the same process: warm-up, then `--repeats` timed runs each,
@@ -23,13 +23,23 @@ import torch
 
 import fused_rnn
 
-# (T, B, I, H): PyTorch's benchmarks/fastrnns default, and one layer of the IMDB example.
-SHAPES = {"fastrnns": (100, 64, 512, 512), "imdb": (256, 64, 128, 256)}
+# (T, B, I, H): PyTorch's benchmarks/fastrnns default, one layer of the IMDB example, an IMDB-like
+# Elman RNN layer, and an LSTM wide enough for a projection (used with --cells lstm_proj).
+SHAPES = {
+    "fastrnns": (100, 64, 512, 512),
+    "imdb": (256, 64, 128, 256),
+    "imdb_rnn": (400, 32, 128, 128),
+    "proj": (100, 64, 512, 1024),
+}
+PROJ_SIZE = 256  # the "lstm_proj" cell: nn.LSTM(proj_size=PROJ_SIZE)
+CELLS = ["lstm", "gru", "rnn", "lstm_proj"]
 
 
 def _pair(cell: str, n_in: int, hidden: int):
-    ref = getattr(torch.nn, cell.upper())(n_in, hidden)
-    ours = getattr(fused_rnn, cell.upper())(n_in, hidden, backend="cpp")
+    kw = {"proj_size": PROJ_SIZE} if cell == "lstm_proj" else {}
+    name = cell.split("_")[0].upper()
+    ref = getattr(torch.nn, name)(n_in, hidden, **kw)
+    ours = getattr(fused_rnn, name)(n_in, hidden, backend="cpp", **kw)
     ours.load_state_dict(ref.state_dict())
     return ref, ours
 
@@ -58,7 +68,7 @@ def bench(threads: int, shape: str, cell: str, mode: str, warmup: int, repeats: 
     T, B, n_in, hidden = SHAPES[shape]
     ref, ours = _pair(cell, n_in, hidden)
     x = torch.randn(T, B, n_in, requires_grad=(mode != "infer"))
-    dy = torch.randn(T, B, hidden)
+    dy = torch.randn(T, B, PROJ_SIZE if cell == "lstm_proj" else hidden)
     runs = {"torch": _runner(ref, x, dy, mode), "cpp": _runner(ours, x, dy, mode)}
     times = {k: [] for k in runs}
     for _ in range(warmup):
@@ -88,7 +98,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     p.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    p.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
+    p.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=CELLS)
     p.add_argument("--modes", nargs="+", default=["infer", "fwd+bwd"], choices=["infer", "fwd+bwd"])
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
