@@ -1,7 +1,8 @@
 """Drop-in modules for torch's LSTM / GRU / LSTMCell / GRUCell.
 
 They inherit torch's constructor, parameters (names, shapes, initialisation), ``state_dict``,
-``repr``, ``flatten_parameters`` and argument checks, so ``load_state_dict`` works both ways.
+``flatten_parameters`` and argument checks (``repr`` too, prefixed ``fused_rnn.`` and with
+the backend), so ``load_state_dict`` works both ways.
 Only ``forward`` changes: it runs through the fused_rnn backends selected by ``backend=`` (see
 fused_rnn.backends for the selection rules).
 
@@ -18,23 +19,28 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .export import exporting_to_onnx, torch_forward
 from .functional import rnn_forward
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell"]
 
 
 class _BackendMixin:
-    """The ``backend`` attribute every fused module carries: validated, shown in repr when not
-    "auto", and defaulted when unpickling a module saved without it."""
+    """The ``backend`` attribute every fused module carries: validated, shown in repr, and
+    defaulted when unpickling a module saved without it."""
 
     def _init_backend(self, backend: str) -> None:
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a string, got {type(backend).__name__}")
         self.backend = backend
 
+    # repr: torch's, prefixed with the package and with the backend appended, so a printed
+    # model shows that convert() ran: "fused_rnn.LSTM(10, 20, num_layers=2, backend='auto')".
+    def _get_name(self) -> str:
+        return f"fused_rnn.{type(self).__name__}"
+
     def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        return f"{super().extra_repr()}, backend={self.backend!r}"
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -104,6 +110,8 @@ class _FusedRNNMixin(_BackendMixin):
         )
 
     def forward(self, input, hx=None):
+        if exporting_to_onnx():  # torch's RNN ops, which the ONNX exporters know
+            return torch_forward(self, input, hx)
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         name = type(self).__name__
@@ -206,6 +214,8 @@ class _FusedCellMixin(_BackendMixin):
             )
 
     def _cell_forward(self, input: Tensor, hx):
+        if exporting_to_onnx():  # torch's cell ops, which the ONNX exporters know
+            return torch_forward(self, input, hx)
         name = type(self).__name__
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
