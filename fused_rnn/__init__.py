@@ -3,6 +3,7 @@
     import fused_rnn
     lstm = fused_rnn.LSTM(128, 256, num_layers=2, batch_first=True)   # like nn.LSTM
     model = fused_rnn.convert(model)                                   # swap nn.LSTM/GRU in place
+    model = fused_rnn.revert(model)                                    # and back
 
 See fused_rnn.backends for the backends and how one is chosen.
 """
@@ -15,9 +16,14 @@ from .backends import (
     register_backend,
     use_backend,
 )
-from .convert import convert
+from .convert import convert, revert
+from .export import OnnxExportError
 from .functional import gru, lstm
 from .modules import GRU, LSTM, GRUCell, LSTMCell
+from .serialization import register_safe_globals
+
+# Whole-model checkpoints load with torch.load(weights_only=True): see fused_rnn.serialization.
+register_safe_globals()
 
 __version__ = "0.1.0"
 
@@ -28,11 +34,13 @@ __all__ = [
     "BackendUnavailableError",
     "GRUCell",
     "LSTMCell",
+    "OnnxExportError",
     "available_backends",
     "backend_status",
     "convert",
     "gru",
     "lstm",
     "register_backend",
+    "revert",
     "use_backend",
 ]
