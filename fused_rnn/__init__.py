@@ -8,6 +8,9 @@
 See fused_rnn.backends for the backends and how one is chosen.
 """
 
+import os
+import warnings
+
 from .backends import (
     AUTO_ORDER,
     BackendUnavailableError,
@@ -20,10 +23,16 @@ from .convert import convert, revert
 from .export import OnnxExportError
 from .functional import gru, lstm
 from .modules import GRU, LSTM, GRUCell, LSTMCell
+from .ops import torch_mismatch
 from .serialization import register_safe_globals
 
 # Whole-model checkpoints load with torch.load(weights_only=True): see fused_rnn.serialization.
 register_safe_globals()
+
+# An extension compiled against another torch is refused when a compiled backend is asked for
+# (fused_rnn.ops.load_library); say so at import too, before any undefined-symbol surprise.
+if os.environ.get("FUSED_RNN_NO_EXT", "") != "1" and torch_mismatch() is not None:
+    warnings.warn(torch_mismatch(), RuntimeWarning, stacklevel=2)
 
 __version__ = "0.1.0"
 

@@ -109,7 +109,13 @@ class _FusedRNNMixin(_BackendMixin):
             packed_dropout=lengths is not None,
         )
 
-    def forward(self, input, hx=None):
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor | tuple[Tensor, Tensor]]:
+        """input (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
+        PackedSequence; hx: LSTM ``(h0 (L*D, B, P), c0 (L*D, B, H))``, GRU h0 (L*D, B, H)
+        ((L*D, ...) unbatched), None for zeros. Returns output (T, B, D*P) laid out like input
+        (packed if it was) and the final state shaped like hx (LSTM ``(h_n, c_n)``)."""
         if exporting_to_onnx():  # torch's RNN ops, which the ONNX exporters know
             return torch_forward(self, input, hx)
         if isinstance(input, PackedSequence):
@@ -266,7 +272,9 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
         super().__init__(*args, **kwargs)
         self._init_backend(backend)
 
-    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+    def forward(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         return self._cell_forward(input, hx)
 
 
@@ -279,5 +287,5 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
         super().__init__(*args, **kwargs)
         self._init_backend(backend)
 
-    def forward(self, input: Tensor, hx: Tensor | None = None):
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         return self._cell_forward(input, hx)
