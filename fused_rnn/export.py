@@ -11,8 +11,8 @@ the same model with torch.nn modules gives. Outside ONNX export nothing changes;
 
 Not exportable to ONNX (a clear error says what to do instead):
   - PackedSequence input: no exporter maps it to ONNX's ``sequence_lens``;
-  - LSTM ``proj_size > 0``: ONNX's LSTM operator has no output projection (torch's dynamo
-    exporter would silently drop the projection of an ``nn.LSTM``; we refuse instead).
+  - LSTM ``proj_size > 0``: ONNX's LSTM operator has no output projection (for an ``nn.LSTM``
+    torch's dynamo exporter writes a graph that onnxruntime rejects when run; we refuse early).
 """
 
 from __future__ import annotations
