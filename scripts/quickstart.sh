@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip setuptools wheel ninja
-python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}" "numpy<2.4"   # numpy: torch warns without it
 python -m pip install -q --no-build-isolation .   # compiles fused_rnn._C ahead of time
 cd /tmp   # run the installed package, not the checkout's source
 python -m fused_rnn "$@"
