@@ -13,13 +13,17 @@ Environment switches:
                             cannot be built here: torch without CUDA, or no nvcc.
   TORCH_CUDA_ARCH_LIST      the GPU architectures, torch's own switch (e.g. "9.0" or "8.0;9.0");
                             unset: sm_80 and sm_90.
-Build: pip install --no-build-isolation -e .
+Build: pip install --no-build-isolation -e .  (a wheel: pip wheel --no-deps --no-build-isolation .)
+The build stamps the torch version it compiled against into fused_rnn/_build_info.py; at run time
+fused_rnn.ops refuses (with both versions and the rebuild command) to load an extension built for
+another torch.
 """
 
 import glob
 import os
 import platform
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -117,13 +121,29 @@ def _extensions():
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 
+def _stamp_torch_version() -> None:
+    """Write fused_rnn/_build_info.py: the torch this build compiles fused_rnn._C against. Written
+    before setuptools copies the package (build_py), so wheels and in-place builds carry it."""
+    import torch
+
+    with open(os.path.join(ROOT, "fused_rnn", "_build_info.py"), "w") as f:
+        f.write(
+            '"""Written by setup.py at build time; do not edit."""\n\n'
+            "# The torch version fused_rnn._C was compiled against.\n"
+            f'TORCH_VERSION = "{torch.__version__}"\n'
+        )
+
+
 ext_modules, cmdclass = _extensions()
+if ext_modules and "sdist" not in sys.argv:  # an sdist compiles nothing: no stamp to ship
+    _stamp_torch_version()
 
 setup(
     name="fused_rnn",
     version="0.1.0",
     description="Fused LSTM and GRU kernels (C++, CUDA, Triton) as drop-in torch.nn modules",
     packages=find_packages(include=["fused_rnn", "fused_rnn.*"]),
+    package_data={"fused_rnn": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
     extras_require={"triton": ["triton>=3.0"]},

@@ -19,6 +19,7 @@ from torch import nn
 from . import __version__
 from .backends import AUTO_ORDER, backend_status, resolve_backend
 from .modules import GRU, LSTM
+from .ops import load_library
 
 # Kept small so the interpreter-run Triton backend (CPU) finishes in seconds.
 PARITY_SHAPE = dict(T=6, B=3, I=5, H=8)
@@ -41,13 +42,8 @@ def _environment() -> list[tuple[str, str]]:
         rows.append(("cuda", f"{torch.version.cuda}, {props.name}, sm_{props.major}{props.minor}"))
     else:
         rows.append(("cuda", "no CUDA device" + ("" if torch.version.cuda else " (CPU torch)")))
-    try:
-        from . import _C  # noqa: F401
-
-        ext = "fused_rnn._C loaded"
-    except ImportError as e:
-        ext = f"fused_rnn._C missing ({e})"
-    rows.append(("extension", ext))
+    why = load_library()  # checks the torch it was built for before loading it
+    rows.append(("extension", "fused_rnn._C loaded" if why is None else f"not loaded: {why}"))
     rows.append(("cpu threads", str(torch.get_num_threads())))
     return rows
 

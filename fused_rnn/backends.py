@@ -65,7 +65,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
@@ -165,7 +165,7 @@ _scope = threading.local()
 _warned: set[tuple[str, str]] = set()
 
 
-def register_backend(name: str, factory) -> None:
+def register_backend(name: str, factory: Callable[[], Backend]) -> None:
     """Register ``factory() -> Backend`` under ``name`` (replacing any earlier one)."""
     _FACTORIES[name] = factory
     _INSTANCES.pop(name, None)

@@ -1,7 +1,8 @@
 """Drop-in modules for torch's LSTM / GRU / RNN / LSTMCell / GRUCell / RNNCell.
 
 They inherit torch's constructor, parameters (names, shapes, initialisation), ``state_dict``,
-``repr``, ``flatten_parameters`` and argument checks, so ``load_state_dict`` works both ways.
+``flatten_parameters`` and argument checks (``repr`` too, prefixed ``fused_rnn.`` and with
+the backend), so ``load_state_dict`` works both ways.
 Only ``forward`` changes: it runs through the fused_rnn backends selected by ``backend=`` (see
 fused_rnn.backends for the selection rules).
 
@@ -21,23 +22,28 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .cells import Cell, cell_for_mode
+from .export import exporting_to_onnx, torch_forward
 from .functional import rnn_forward
 
 __all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell"]
 
 
 class _BackendMixin:
-    """The ``backend`` attribute every fused module carries: validated, shown in repr when not
-    "auto", and defaulted when unpickling a module saved without it."""
+    """The ``backend`` attribute every fused module carries: validated, shown in repr, and
+    defaulted when unpickling a module saved without it."""
 
     def _init_backend(self, backend: str) -> None:
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a string, got {type(backend).__name__}")
         self.backend = backend
 
+    # repr: torch's, prefixed with the package and with the backend appended, so a printed
+    # model shows that convert() ran: "fused_rnn.LSTM(10, 20, num_layers=2, backend='auto')".
+    def _get_name(self) -> str:
+        return f"fused_rnn.{type(self).__name__}"
+
     def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        return f"{super().extra_repr()}, backend={self.backend!r}"
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -113,7 +119,15 @@ class _FusedRNNMixin(_BackendMixin):
             packed_dropout=lengths is not None,
         )
 
-    def forward(self, input, hx=None):
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor | tuple[Tensor, Tensor]]:
+        """input (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
+        PackedSequence; hx: LSTM ``(h0 (L*D, B, P), c0 (L*D, B, H))``, GRU h0 (L*D, B, H)
+        ((L*D, ...) unbatched), None for zeros. Returns output (T, B, D*P) laid out like input
+        (packed if it was) and the final state shaped like hx (LSTM ``(h_n, c_n)``)."""
+        if exporting_to_onnx():  # torch's RNN ops, which the ONNX exporters know
+            return torch_forward(self, input, hx)
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         name = type(self).__name__
@@ -268,6 +282,8 @@ class _FusedCellMixin(_BackendMixin):
         )
 
     def _cell_forward(self, input: Tensor, hx):
+        if exporting_to_onnx():  # torch's cell ops, which the ONNX exporters know
+            return torch_forward(self, input, hx)
         if not self._args_ok(input, hx):
             self._raise_like_torch(input, hx)
         n = self._cell.n_states
@@ -311,7 +327,9 @@ class LSTMCell(_FusedCellMixin, nn.LSTMCell):
         super().__init__(*args, **kwargs)
         self._init_backend(backend)
 
-    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+    def forward(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         return self._cell_forward(input, hx)
 
 
@@ -338,5 +356,5 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
         super().__init__(*args, **kwargs)
         self._init_backend(backend)
 
-    def forward(self, input: Tensor, hx: Tensor | None = None):
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         return self._cell_forward(input, hx)

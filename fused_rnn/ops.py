@@ -43,9 +43,13 @@ from torch import Tensor
 
 from .cells import CELLS, Cell
 
-__all__ = ["CompiledBackend", "CppBackend", "CudaBackend", "load_library"]
+__all__ = ["CompiledBackend", "CppBackend", "CudaBackend", "load_library", "torch_mismatch"]
 
 REBUILD = "rebuild with: pip install --no-build-isolation -e ."
+# For an installed (non-editable) package: rebuild from its source against the torch in use.
+REINSTALL = (
+    "pip install --no-build-isolation --no-deps --force-reinstall <fused_rnn source dir or sdist>"
+)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -72,16 +76,39 @@ def _stale_sources(lib_path: str) -> list[str]:
     )
 
 
+def torch_mismatch() -> str | None:
+    """None unless fused_rnn._C was built against another torch than the one imported (C++
+    extensions are tied to one torch build: loading it anyway fails with undefined symbols or
+    worse). Reads the stamp setup.py writes at build time (fused_rnn/_build_info.py) and does not
+    load the library."""
+    try:
+        from ._build_info import TORCH_VERSION
+    except ImportError:  # built before the stamp existed, or not built: the import will tell
+        return None
+    if TORCH_VERSION == torch.__version__:
+        return None
+    return (
+        f"fused_rnn._C was built against torch {TORCH_VERSION} but torch {torch.__version__} is "
+        f"installed; {REBUILD} (source checkout) or {REINSTALL}"
+    )
+
+
 @functools.cache
 def load_library() -> str | None:
     """Load fused_rnn._C and register the fake kernels, once. None when the ops are usable, else
     why not and how to fix it."""
     if os.environ.get("FUSED_RNN_NO_EXT", "") == "1":
         return f"disabled by FUSED_RNN_NO_EXT=1; unset it and {REBUILD}"
+    mismatch = torch_mismatch()
+    if mismatch is not None:  # checked first: loading it would fail with undefined symbols
+        return mismatch
     try:
         from . import _C
     except ImportError as e:
-        return f"the compiled extension fused_rnn._C is missing or does not load ({e}); {REBUILD}"
+        return (
+            f"the compiled extension fused_rnn._C is missing or does not load ({e}; torch "
+            f"{torch.__version__} is installed); {REBUILD}"
+        )
     for name, fake in _FAKES.items():
         why = _schema_mismatch(name, fake)
         if why is not None:

@@ -66,14 +66,31 @@ def test_initialisation_matches_torch():
         assert torch.equal(a, b)
 
 
-def test_repr_like_torch():
-    assert repr(fused_rnn.LSTM(5, 7, num_layers=2)) == "LSTM(5, 7, num_layers=2)"
-    assert repr(fused_rnn.GRU(5, 7, batch_first=True)) == repr(nn.GRU(5, 7, batch_first=True))
-    assert repr(fused_rnn.LSTMCell(5, 7)) == repr(nn.LSTMCell(5, 7))
-    assert repr(fused_rnn.LSTM(5, 7, backend="reference")) == "LSTM(5, 7, backend='reference')"
-    assert repr(fused_rnn.RNN(5, 7, 2, "relu")) == repr(nn.RNN(5, 7, 2, "relu"))
-    assert repr(fused_rnn.RNNCell(5, 7, nonlinearity="relu")) == repr(
-        nn.RNNCell(5, 7, nonlinearity="relu")
+def test_repr_like_torch_prefixed_with_backend():
+    """torch's repr with the package prefixed and the backend appended: a printed model shows
+    that convert() ran and with which backend."""
+    assert repr(fused_rnn.LSTM(5, 7, num_layers=2)) == (
+        "fused_rnn.LSTM(5, 7, num_layers=2, backend='auto')"
+    )
+    assert repr(fused_rnn.GRU(5, 7, batch_first=True)) == (
+        f"fused_rnn.{repr(nn.GRU(5, 7, batch_first=True))[:-1]}, backend='auto')"
+    )
+    assert repr(fused_rnn.LSTMCell(5, 7)) == "fused_rnn.LSTMCell(5, 7, backend='auto')"
+    assert repr(fused_rnn.LSTM(5, 7, backend="reference")) == (
+        "fused_rnn.LSTM(5, 7, backend='reference')"
+    )
+    model = nn.Sequential(nn.LSTM(5, 7), nn.Linear(7, 2))
+    before = repr(model)
+    assert "fused_rnn" not in before
+    assert repr(fused_rnn.convert(model, backend="cpp")) == before.replace(
+        "(0): LSTM(5, 7)", "(0): fused_rnn.LSTM(5, 7, backend='cpp')"
+    )
+    assert repr(fused_rnn.revert(model)) == before
+    rnn = nn.RNN(5, 7, 2, "relu")
+    assert repr(fused_rnn.RNN(5, 7, 2, "relu")) == f"fused_rnn.{repr(rnn)[:-1]}, backend='auto')"
+    cell = nn.RNNCell(5, 7, nonlinearity="relu")
+    assert repr(fused_rnn.RNNCell(5, 7, nonlinearity="relu")) == (
+        f"fused_rnn.{repr(cell)[:-1]}, backend='auto')"
     )
 
 
