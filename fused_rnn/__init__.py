@@ -16,6 +16,7 @@ from .backends import (
     use_backend,
 )
 from .convert import convert
+from .cpu_policy import explain
 from .functional import gru, lstm
 from .modules import GRU, LSTM, GRUCell, LSTMCell
 
@@ -31,6 +32,7 @@ __all__ = [
     "available_backends",
     "backend_status",
     "convert",
+    "explain",
     "gru",
     "lstm",
     "register_backend",

@@ -79,7 +79,7 @@ ENV_VAR = "FUSED_RNN_BACKEND"
 # Fastest first. The reference backend is the last resort everywhere.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("cuda", "triton", "reference"),
-    "cpu": ("cpp", "reference"),
+    "cpu": ("cpp", "native", "reference"),
 }
 
 
@@ -185,10 +185,13 @@ def _warn_once(key: tuple[str, str], msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
-def resolve_backend(name: str, cell: str, x: torch.Tensor, has_proj: bool = False) -> Backend:
+def resolve_backend(
+    name: str, cell: str, x: torch.Tensor, has_proj: bool = False, packed: bool = False
+) -> Backend:
     """The backend that runs ``cell`` ("lstm" or "gru") on input ``x`` for the requested name.
 
-    Explicit names raise if they cannot run the case; "auto" walks AUTO_ORDER.
+    Explicit names raise if they cannot run the case; "auto" walks AUTO_ORDER, which on the CPU
+    fused_rnn.cpu_policy reorders per case (``packed``: the batch has per-sequence lengths).
     """
     req = _requested(name)
     if req != "auto":
@@ -200,6 +203,10 @@ def resolve_backend(name: str, cell: str, x: torch.Tensor, has_proj: bool = Fals
             )
         return be
     order = AUTO_ORDER.get(x.device.type, ("triton", "reference"))
+    if x.device.type == "cpu":
+        from .cpu_policy import order_for
+
+        order = order_for(order, cell, x, has_proj, packed).order
     skipped = []
     for cand in order:
         if cand not in _FACTORIES:
@@ -243,7 +250,13 @@ def _register_builtin() -> None:
 
         return TritonBackend()
 
+    def native():
+        from .native import NativeBackend
+
+        return NativeBackend()
+
     register_backend("reference", reference)
+    register_backend("native", native)
     register_backend("cpp", cpp)
     register_backend("cuda", cuda)
     register_backend("triton", triton_)

@@ -127,7 +127,10 @@ def rnn_forward(
                 f"{x.device} and hidden tensor at {h.device}"
             )
     lens = _normalise_lengths(lengths, T, B, x.device)
-    be = resolve_backend(backend, mode, x, has_proj)
+    be = resolve_backend(backend, mode, x, has_proj, packed=lens is not None)
+    if hasattr(be, "run_stack"):  # a backend that runs the whole stack itself (native)
+        args = (num_layers, dropout, training, bidirectional, batch_first, lens)
+        return be.run_stack(mode, input, tuple(hx), weights, *args)
     rev = _reverse_index(lens, T, B, x.device) if bidirectional else None
 
     h_out: list[Tensor] = []

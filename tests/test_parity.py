@@ -91,6 +91,12 @@ def test_parity_error_vs_float64(case, dtype, device, backend):
         pytest.skip("float16 RNNs are GPU-only in torch")
     require_support(backend, case.cell, dtype, device, bool(case.proj))
     _skip_if_too_slow(backend, case)
+    if backend == "native" and dtype != torch.float32:
+        pytest.skip(
+            "native is torch's own op: its half-precision RNN rounds the recurrent state to the "
+            "dtype every step (outside the fp32-state contract this bound assumes); its numbers "
+            "are nn.LSTM's by construction"
+        )
     if dtype == torch.bfloat16 and device == "cpu" and not case.small:
         pytest.skip("bf16 on the CPU is checked on the small cases (keeps the grid quick)")
     _check_low_precision(case, backend, device, dtype)

@@ -217,6 +217,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd_kernel(
   return {dx, dh, dw_ih, dw_hh, dgi2d.sum(0), db_hh};
 }
 
+}  // namespace
+
+// Op entry points: registered, behind the CPU check, by dispatch.cpp (a baseline-ISA TU).
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd(
     const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
@@ -260,10 +263,4 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(
           from_acc(dw_hh, dt), from_acc(db_ih, dt), from_acc(db_hh, dt)};
 }
 
-}  // namespace
 }  // namespace fused_rnn::cpu
-
-TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
-  m.impl("gru_fwd", &fused_rnn::cpu::gru_fwd);
-  m.impl("gru_bwd", &fused_rnn::cpu::gru_bwd);
-}

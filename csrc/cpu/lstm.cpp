@@ -206,6 +206,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bwd_kernel(
   return {dx, dh, dc, dw_ih, dw_hh, db};
 }
 
+}  // namespace
+
+// Op entry points: registered, behind the CPU check, by dispatch.cpp (a baseline-ISA TU).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
@@ -250,10 +253,4 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bwd(
           from_acc(dw_ih, dt), from_acc(dw_hh, dt), from_acc(db, dt)};
 }
 
-}  // namespace
 }  // namespace fused_rnn::cpu
-
-TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
-  m.impl("lstm_fwd", &fused_rnn::cpu::lstm_fwd);
-  m.impl("lstm_bwd", &fused_rnn::cpu::lstm_bwd);
-}
