@@ -23,7 +23,7 @@ from torch import nn
 
 from .cases import Case
 
-FUSED_BACKENDS = ("reference", "cpp", "cuda", "triton")
+FUSED_BACKENDS = ("reference", "cpp", "native", "auto", "cuda", "triton")
 
 
 @dataclass
@@ -80,6 +80,8 @@ class FusedProvider(Provider):
             return f"fused_rnn not importable: {e}"
         if not hasattr(fused_rnn, "LSTM") or not hasattr(fused_rnn, "GRU"):
             return "fused_rnn has no LSTM/GRU modules yet"
+        if self.name == "auto":
+            return None
         why = backend_status().get(self.name, "not registered")
         if why is not None:
             return why
@@ -100,7 +102,17 @@ class FusedProvider(Provider):
         )
         m = m.to(device=next(torch_module.parameters()).device, dtype=case.torch_dtype)
         m.load_state_dict(torch_module.state_dict())
-        return Built(m, dict(m.named_parameters()))
+        note = ""
+        if self.name == "auto":  # which backend auto runs, per mode, and why
+            x = torch.empty(
+                case.T, case.B, case.I, dtype=case.torch_dtype, device=next(m.parameters()).device
+            )
+            packed = case.varlen == "packed"
+            with torch.no_grad():
+                infer = fused_rnn.explain(case.cell, x, packed=packed)
+            train = fused_rnn.explain(case.cell, x, packed=packed)
+            note = f"infer {infer}; train {train}"
+        return Built(m, dict(m.named_parameters()), note=note)
 
 
 def _importable(mod: str) -> bool:
