@@ -44,11 +44,130 @@ def isa_class() -> str:
 
 
 MEASURED_ON = {
-    "avx2": "",  # filled by policy_table.py's output below
+    "avx2": "AMD EPYC (family 25 model 1, AVX2+FMA, no AVX-512; KVM, 2 cores), "
+    "python -m benchmarks.cpu_profile.policy_table, torch 2.13.0+cpu, 2 threads, T=16, "
+    "2026-11-30, load average 6.87 at the start. The machine was shared with other jobs "
+    "(load average 5-9 on 2 cores): torch's op, with more barriers per step, "
+    "suffers more from lost time slices than cpp, so several ratios are inflated; a point "
+    "below 1.0 sends its neighbourhood to native.",
 }
 
-# (isa class, cell, dtype, training, packed) -> ((B, H, torch-op ms / cpp ms), ...)
-TABLE: dict[tuple[str, str, str, bool, bool], tuple[tuple[int, int, float], ...]] = {}
+# (isa class, cell, dtype, training, packed) -> ((B, H, torch-op time / cpp time), ...), the
+# median over interleaved rounds; I = H, T = 16, one layer.
+TABLE: dict[tuple[str, str, str, bool, bool], tuple[tuple[int, int, float], ...]] = {
+    ("avx2", "lstm", "float32", False, False): (
+        (1, 128, 1.26),
+        (16, 128, 127.95),
+        (64, 128, 3.16),
+        (16, 512, 1.7),
+        (64, 512, 2.28),
+    ),
+    ("avx2", "lstm", "float32", False, True): (
+        (1, 128, 1.76),
+        (16, 128, 18.14),
+        (64, 128, 0.14),
+        (16, 512, 2.35),
+        (64, 512, 1.92),
+    ),
+    ("avx2", "lstm", "float32", True, False): (
+        (1, 128, 17.05),
+        (16, 128, 2.53),
+        (64, 128, 2.11),
+        (16, 512, 3.32),
+        (64, 512, 1.75),
+    ),
+    ("avx2", "lstm", "float32", True, True): (
+        (1, 128, 39.03),
+        (16, 128, 3.66),
+        (64, 128, 1.16),
+        (16, 512, 3.97),
+        (64, 512, 2.75),
+    ),
+    ("avx2", "lstm", "bfloat16", False, False): (
+        (1, 128, 1.99),
+        (16, 128, 8.81),
+        (64, 128, 3.58),
+        (16, 512, 3.78),
+        (64, 512, 7.54),
+    ),
+    ("avx2", "lstm", "bfloat16", False, True): (
+        (1, 128, 1.86),
+        (16, 128, 27.58),
+        (64, 128, 3.03),
+        (16, 512, 2.48),
+        (64, 512, 5.42),
+    ),
+    ("avx2", "lstm", "bfloat16", True, False): (
+        (1, 128, 1.41),
+        (16, 128, 0.99),
+        (64, 128, 5.51),
+        (16, 512, 6.17),
+        (64, 512, 15.49),
+    ),
+    ("avx2", "lstm", "bfloat16", True, True): (
+        (1, 128, 1.43),
+        (16, 128, 1.36),
+        (64, 128, 2.31),
+        (16, 512, 3.55),
+        (64, 512, 7.81),
+    ),
+    ("avx2", "gru", "float32", False, False): (
+        (1, 128, 2.06),
+        (16, 128, 1.92),
+        (64, 128, 1.98),
+        (16, 512, 1.96),
+        (64, 512, 1.92),
+    ),
+    ("avx2", "gru", "float32", False, True): (
+        (1, 128, 9.37),
+        (16, 128, 15.48),
+        (64, 128, 1.14),
+        (16, 512, 4.38),
+        (64, 512, 2.74),
+    ),
+    ("avx2", "gru", "float32", True, False): (
+        (1, 128, 2.64),
+        (16, 128, 1.4),
+        (64, 128, 3.37),
+        (16, 512, 3.1),
+        (64, 512, 3.79),
+    ),
+    ("avx2", "gru", "float32", True, True): (
+        (1, 128, 3.38),
+        (16, 128, 4.49),
+        (64, 128, 0.85),
+        (16, 512, 3.47),
+        (64, 512, 2.45),
+    ),
+    ("avx2", "gru", "bfloat16", False, False): (
+        (1, 128, 1.71),
+        (16, 128, 39.15),
+        (64, 128, 3.56),
+        (16, 512, 2.89),
+        (64, 512, 5.55),
+    ),
+    ("avx2", "gru", "bfloat16", False, True): (
+        (1, 128, 4.57),
+        (16, 128, 3.15),
+        (64, 128, 17.61),
+        (16, 512, 1.62),
+        (64, 512, 4.11),
+    ),
+    ("avx2", "gru", "bfloat16", True, False): (
+        (1, 128, 1.24),
+        (16, 128, 7.01),
+        (64, 128, 1.5),
+        (16, 512, 3.98),
+        (64, 512, 15.4),
+    ),
+    ("avx2", "gru", "bfloat16", True, True): (
+        (1, 128, 2.06),
+        (16, 128, 16.82),
+        (64, 128, 4.63),
+        (16, 512, 7.08),
+        (64, 512, 9.66),
+    ),
+}
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,10 @@ def make_module(provider: str, ref: torch.nn.Module, cell: str):
 
 def _runner(module, x, dy, mode: str, lengths=None):
     """A step for measure_interleaved: one call between two clock marks."""
-    inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
+    inp = x
+    if lengths is not None:  # packed once; its data a leaf, so every call has a fresh graph
+        p = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
+        inp = p._replace(data=p.data.requires_grad_(mode != "infer"))
     if mode == "infer":
 
         def run(clock):
