@@ -89,6 +89,8 @@ ALL_PROVIDER_NAMES = (
     "torch_compile",
     "reference",
     "cpp",
+    "native",
+    "auto",
     "cuda",
     "triton",
     "flashrnn",
@@ -120,6 +122,8 @@ def quick_grid(device: str) -> list[Case]:
     The two shapes of the CPU target (fastrnns, the IMDB example) run torch against the
     compiled backends only; torch.compile runs on one small case, to show whether it works.
     """
+    if device == "cpu":
+        return _quick_cpu_grid()
     dt = "float32"
     cases = [
         _cheap_only(Case("lstm", 64, 100, 512, 512, dtype=dt, tags=("target", "fastrnns"))),
@@ -156,6 +160,29 @@ def quick_grid(device: str) -> list[Case]:
                 )
             )
     return cases
+
+
+# The CPU grid's providers: torch's module, the fused C++ kernels, torch's op through fused_rnn
+# ("native") and what backend="auto" picks between them (fused_rnn.cpu_policy).
+CPU_PROVIDERS = ("torch", "cpp", "native", "auto")
+
+
+def _quick_cpu_grid() -> list[Case]:
+    """fp32 and bf16; LSTM and GRU; padded and packed (IMDB lengths); B = 1, 16, 64; the
+    fastrnns target shape. Timed interleaved (runner.py); 10-20 minutes on 2 shared cores."""
+    cases = []
+    for dt in ("float32", "bfloat16"):
+        for cell in CELLS:
+            for vl in ("packed", "padded"):
+                cases.append(Case(cell, dtype=dt, varlen=vl, tags=("imdb",), **IMDB_QUICK))
+            for B in (1, 16, 64):
+                cases.append(Case(cell, B, 32, 128, 128, dtype=dt, tags=("sweep-B",)))
+            cases.append(Case(cell, 16, 32, 256, 256, dtype=dt, tags=("sweep-H",)))
+    # The largest (minutes in bf16, where torch has no fast path on AVX2 CPUs) come last, so a
+    # --budget-s cuts them first.
+    for dt in ("float32", "bfloat16"):
+        cases.append(Case("lstm", 64, 100, 512, 512, dtype=dt, tags=("target", "fastrnns")))
+    return [replace(c, providers=CPU_PROVIDERS) for c in cases]
 
 
 def full_grid(device: str) -> list[Case]:

@@ -24,7 +24,7 @@ from torch import nn
 from .cases import Case
 from .check import torch_class
 
-FUSED_BACKENDS = ("reference", "cpp", "cuda", "triton")
+FUSED_BACKENDS = ("reference", "cpp", "native", "auto", "cuda", "triton")
 
 
 @dataclass
@@ -82,6 +82,8 @@ class FusedProvider(Provider):
         name = torch_class(case.cell)[0].__name__
         if not hasattr(fused_rnn, name):
             return f"fused_rnn has no {name} module yet"
+        if self.name == "auto":
+            return None
         why = backend_status().get(self.name, "not registered")
         if why is not None:
             return why
@@ -103,7 +105,17 @@ class FusedProvider(Provider):
         )
         m = m.to(device=next(torch_module.parameters()).device, dtype=case.torch_dtype)
         m.load_state_dict(torch_module.state_dict())
-        return Built(m, dict(m.named_parameters()))
+        note = ""
+        if self.name == "auto":  # which backend auto runs, per mode, and why
+            x = torch.empty(
+                case.T, case.B, case.I, dtype=case.torch_dtype, device=next(m.parameters()).device
+            )
+            packed = case.varlen == "packed"
+            with torch.no_grad():
+                infer = fused_rnn.explain(case.cell, x, packed=packed)
+            train = fused_rnn.explain(case.cell, x, packed=packed)
+            note = f"infer {infer}; train {train}"
+        return Built(m, dict(m.named_parameters()), note=note)
 
 
 def _importable(mod: str) -> bool:

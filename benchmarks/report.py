@@ -52,6 +52,8 @@ CSV_FIELDS = [
     "reps",
     "us_per_step",
     "speedup_vs_torch",
+    "speedup_p20",
+    "speedup_p80",
     "peak_mib",
     "detail",
 ]
@@ -143,6 +145,8 @@ def csv_rows(results: list[Result], env: dict) -> list[dict]:
                 "reps": s.n if s else "",
                 "us_per_step": _fmt(r.us_per_step, ".3f"),
                 "speedup_vs_torch": _fmt(r.speedup, ".3f"),
+                "speedup_p20": _fmt(r.ratio and r.ratio.p20, ".3f"),
+                "speedup_p80": _fmt(r.ratio and r.ratio.p80, ".3f"),
                 "peak_mib": _fmt(r.peak_mb, ".1f"),
                 "detail": r.detail,
             }

@@ -20,6 +20,7 @@ from .backends import (
     use_backend,
 )
 from .convert import convert, revert
+from .cpu_policy import explain
 from .export import OnnxExportError
 from .functional import gru, lstm, rnn
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
@@ -49,6 +50,7 @@ __all__ = [
     "available_backends",
     "backend_status",
     "convert",
+    "explain",
     "gru",
     "lstm",
     "rnn",

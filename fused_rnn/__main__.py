@@ -45,7 +45,21 @@ def _environment() -> list[tuple[str, str]]:
     why = load_library()  # checks the torch it was built for before loading it
     rows.append(("extension", "fused_rnn._C loaded" if why is None else f"not loaded: {why}"))
     rows.append(("cpu threads", str(torch.get_num_threads())))
+    rows.append(("cpu isa", _cpu_isa()))
     return rows
+
+
+def _cpu_isa() -> str:
+    """The CPU class, the GEMM path the cpp kernels use on it and why (fused_rnn._C's report),
+    and the class fused_rnn.cpu_policy keys its table on."""
+    from .cpu_policy import isa_class
+    from .ops import load_library
+
+    policy = f"policy class {isa_class()}"
+    if load_library() is not None:
+        return f"{policy} (cpp kernels not built)"
+    host, path, why = torch.ops.fused_rnn.cpu_isa()
+    return f"{host}; cpp GEMM path: {path} ({why}); {policy}"
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -104,6 +118,8 @@ def main(argv=None) -> int:
         print(f"  {k:12s} {v}")
 
     print(f"== backends (auto order on {dev}: {' > '.join(AUTO_ORDER.get(dev, ()))})")
+    if dev == "cpu":
+        print("  (auto puts cpp or native first per case, from fused_rnn.cpu_policy's table)")
     status = backend_status()
     for name, why in status.items():
         print(f"  {name:10s} {'available' if why is None else 'unavailable: ' + why}")

@@ -89,7 +89,7 @@ ENV_VAR = "FUSED_RNN_BACKEND"
 # Fastest first. The reference backend is the last resort everywhere.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("cuda", "triton", "reference"),
-    "cpu": ("cpp", "reference"),
+    "cpu": ("cpp", "native", "reference"),
 }
 
 
@@ -238,12 +238,13 @@ def _warn_once(key: tuple[str, str], msg: str) -> None:
 
 
 def resolve_backend(
-    name: str, cell: Cell | str, x: torch.Tensor, has_proj: bool = False
+    name: str, cell: Cell | str, x: torch.Tensor, has_proj: bool = False, packed: bool = False
 ) -> Backend:
     """The backend that runs ``cell`` (a Cell, or a name such as "lstm") on input ``x`` for the
     requested name.
 
-    Explicit names raise if they cannot run the case; "auto" walks AUTO_ORDER.
+    Explicit names raise if they cannot run the case; "auto" walks AUTO_ORDER, which on the CPU
+    fused_rnn.cpu_policy reorders per case (``packed``: the batch has per-sequence lengths).
     """
     cell = as_cell(cell)
     req = _requested(name)
@@ -256,6 +257,10 @@ def resolve_backend(
             )
         return be
     order = AUTO_ORDER.get(x.device.type, ("triton", "reference"))
+    if x.device.type == "cpu":
+        from .cpu_policy import order_for
+
+        order = order_for(order, cell, x, has_proj, packed).order
     skipped = []
     for cand in order:
         if cand not in _FACTORIES:
@@ -299,7 +304,13 @@ def _register_builtin() -> None:
 
         return TritonBackend()
 
+    def native():
+        from .native import NativeBackend
+
+        return NativeBackend()
+
     register_backend("reference", reference)
+    register_backend("native", native)
     register_backend("cpp", cpp)
     register_backend("cuda", cuda)
     register_backend("triton", triton_)

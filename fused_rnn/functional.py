@@ -211,7 +211,7 @@ def _run_stack(
     ):
         be = get_backend("reference")
     else:
-        be = resolve_backend(backend, cell, x, has_proj)
+        be = resolve_backend(backend, cell, x, has_proj, packed=lens is not None)
     if hasattr(be, "run_stack"):  # a backend that runs the whole stack itself (native)
         out, states = be.run_stack(
             cell, x, hx, weights, num_layers, dropout, training, bidirectional, False, lens

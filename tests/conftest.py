@@ -33,7 +33,10 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 INTERPRETED = {"triton"} if os.environ.get("TRITON_INTERPRET") == "1" else set()
 
 # Which backends run on which device. "reference" runs anywhere.
-DEVICE_BACKENDS = {"cpu": ("reference", "cpp", "triton"), "cuda": ("reference", "cuda", "triton")}
+DEVICE_BACKENDS = {
+    "cpu": ("reference", "cpp", "native", "triton"),
+    "cuda": ("reference", "cuda", "native", "triton"),
+}
 
 
 def backend_params():

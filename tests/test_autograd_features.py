@@ -11,7 +11,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vjp, vmap
 
 import fused_rnn
-from fused_rnn import autograd as fr_autograd
+from fused_rnn import functional as fr_functional
 
 # (torch class, ours, constructor kwargs, cell name for require_support)
 SEQ = [
@@ -79,14 +79,14 @@ def test_autocast_cpu_bf16_like_torch(theirs_cls, ours_cls, kw, cell, given_hx, 
             hx = torch.randn(1, 3, P)
             hx = (hx, torch.randn(1, 3, 6)) if cell == "lstm" else hx
     used = []
-    real = fr_autograd.run_layer
+    real = fr_functional.resolve_backend
 
-    def spy(backend, *a):
-        used.append(backend.name)
-        return real(backend, *a)
+    def spy(*a, **k):
+        be = real(*a, **k)
+        used.append(be.name)
+        return be
 
-    monkeypatch.setattr(fr_autograd, "run_layer", spy)
-    monkeypatch.setattr("fused_rnn.functional.run_layer", spy)
+    monkeypatch.setattr(fr_functional, "resolve_backend", spy)
     for source in ("linear", "fp32"):
         for m in (theirs, ours):
             m.zero_grad()
@@ -105,17 +105,9 @@ def test_autocast_cpu_bf16_like_torch(theirs_cls, ours_cls, kw, cell, given_hx, 
         for p, a, b in zip(ours.parameters(), g_o, g_t):
             assert p.dtype == torch.float32 and a.dtype == torch.float32
             torch.testing.assert_close(a, b, atol=6e-2, rtol=6e-2)
-    # the fast backend ran (not a silent fall to the reference), where it runs this cell
-    if (
-        fused_rnn.backends.get_backend("cpp").supports(
-            fused_rnn.cells.cell_for_mode(cell),
-            torch.empty(0, dtype=torch.bfloat16),
-            "proj_size" in kw,
-        )
-        is None
-        and "cpp" in fused_rnn.available_backends()
-    ):
-        assert set(used) == {"cpp"}, used
+    # a fused backend ran (not a silent fall to the reference): what auto picks for this case
+    # in bf16 without autocast (cpp, or torch's own op where the CPU policy measured it faster)
+    assert used and "reference" not in used, used
 
 
 def test_autocast_functional_and_double_stays_double():

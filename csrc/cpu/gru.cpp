@@ -4,6 +4,7 @@
 //   h' = (1 - z) * n + z * h,   with gi = x W_ih^T + b_ih and gh = h W_hh^T + b_hh.
 // The r and z blocks sum both sides (S = 2); the n block keeps gh_n apart. Saved for backward:
 // gates (T, B, 3H) r, z, n and ghn (T, B, H) = gh_n of each step.
+#include "kernels.h"
 #include "recurrence.h"
 
 namespace fused_rnn::cpu {
@@ -44,6 +45,9 @@ struct GruCell {
 constexpr const char* kFwd = "fused_rnn::gru_fwd";
 constexpr const char* kBwd = "fused_rnn::gru_bwd";
 
+}  // namespace
+
+// Op entry points: registered, behind the CPU check, by dispatch.cpp (a baseline-ISA TU).
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_fwd(
     const Tensor& x, const Tensor& h0, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
@@ -63,10 +67,5 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_bwd(
   return {o.dx, o.dh0, o.dw_ih, o.dw_hh, o.db_ih, o.db_hh};
 }
 
-}  // namespace
 }  // namespace fused_rnn::cpu
 
-TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
-  m.impl("gru_fwd", &fused_rnn::cpu::gru_fwd);
-  m.impl("gru_bwd", &fused_rnn::cpu::gru_bwd);
-}

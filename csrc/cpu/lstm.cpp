@@ -4,6 +4,7 @@
 //   c' = f c + i g,   h' = o tanh(c')   (proj_size > 0: h' = (o tanh(c')) W_hr^T).
 // Saved for backward: gates (T, B, 4H) post-activation i, f, g, o and cs (T, B, H), c after each
 // step.
+#include "kernels.h"
 #include "recurrence.h"
 
 namespace fused_rnn::cpu {
@@ -51,6 +52,9 @@ constexpr const char* kBwd = "fused_rnn::lstm_bwd";
 
 Tensor or_undefined(const std::optional<Tensor>& t) { return t ? *t : Tensor(); }
 
+}  // namespace
+
+// Op entry points: registered, behind the CPU check, by dispatch.cpp (a baseline-ISA TU).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_fwd(
     const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& b_ih, const std::optional<Tensor>& b_hh,
@@ -71,10 +75,5 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_bwd(
   return {o.dx, o.dh0, o.dc0, o.dw_ih, o.dw_hh, o.db_ih, dw_hr};
 }
 
-}  // namespace
 }  // namespace fused_rnn::cpu
 
-TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
-  m.impl("lstm_fwd", &fused_rnn::cpu::lstm_fwd);
-  m.impl("lstm_bwd", &fused_rnn::cpu::lstm_bwd);
-}

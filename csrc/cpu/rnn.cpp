@@ -2,6 +2,7 @@
 // recurrence (recurrence.h):  h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh),  act = tanh or relu.
 // Nothing is saved besides y: y[t] = h_t gives the derivative, tanh' = 1 - h^2, relu' = (h > 0)
 // (as torch's relu backward: 0 at 0).
+#include "kernels.h"
 #include "recurrence.h"
 
 namespace fused_rnn::cpu {
@@ -38,6 +39,9 @@ struct RnnCell {
 constexpr const char* kFwd = "fused_rnn::rnn_fwd";
 constexpr const char* kBwd = "fused_rnn::rnn_bwd";
 
+}  // namespace
+
+// Op entry points: registered, behind the CPU check, by dispatch.cpp (a baseline-ISA TU).
 std::tuple<Tensor, Tensor> rnn_fwd(const Tensor& x, const Tensor& h0, const Tensor& w_ih,
                                    const Tensor& w_hh, const std::optional<Tensor>& b_ih,
                                    const std::optional<Tensor>& b_hh,
@@ -58,10 +62,5 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_bwd(
   return {o.dx, o.dh0, o.dw_ih, o.dw_hh, o.db_ih};
 }
 
-}  // namespace
 }  // namespace fused_rnn::cpu
 
-TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
-  m.impl("rnn_fwd", &fused_rnn::cpu::rnn_fwd);
-  m.impl("rnn_bwd", &fused_rnn::cpu::rnn_bwd);
-}
