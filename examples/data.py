@@ -9,17 +9,24 @@ file, the line and what was expected. Nothing here ever substitutes a toy data s
 from __future__ import annotations
 
 import gzip
+import html
+import os
 import random
 import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-# ../shared/data relative to the repository root (examples/ lives in the repository root).
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data relative to the repository root (examples/ lives in the repository root), or
+# $FUSED_RNN_DATA where that is set (a checkout that is not next to shared/).
+DEFAULT_DATA_ROOT = Path(
+    os.environ.get("FUSED_RNN_DATA")
+    or Path(__file__).resolve().parents[1].parent / "shared" / "data"
+)
 
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 CONLL2000_URL = "https://www.clips.uantwerpen.be/conll2000/chunking/ (train.txt.gz, test.txt.gz)"
@@ -398,3 +405,186 @@ def bucket_batches(
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+# ---------------------------------------------------------------------------------------------
+# Reuters-21578, Distribution 1.0 (headline generation)
+
+REUTERS_URL = (
+    "https://archive.ics.uci.edu/dataset/137/reuters+21578+text+categorization+collection "
+    "(reuters21578.tar.gz)"
+)
+REUTERS_FILES = tuple(f"reut2-{i:03d}.sgm" for i in range(22))
+# The last stories of TRAIN in NEWID (roughly time) order are the dev set: TEST is later news.
+REUTERS_DEV_SIZE = 600
+
+_SGML_ATTR = re.compile(r'(\w+)="([^"]*)"')
+_BLANK = re.compile(r"\s*")
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+
+class NewsStory(NamedTuple):
+    """One story: the headline (lower-cased when it was in capitals) and the text, both with
+    SGML entities unescaped and control characters removed."""
+
+    newid: int
+    title: str
+    body: str
+
+
+def load_reuters(root: str | Path, dev_size: int = REUTERS_DEV_SIZE) -> dict[str, list[NewsStory]]:
+    """The ``train``, ``dev`` and ``test`` stories of Reuters-21578 that have both a TITLE and a
+    BODY, each in NEWID order.
+
+    ``test`` is LEWISSPLIT="TEST"; ``dev`` is the last ``dev_size`` stories of
+    LEWISSPLIT="TRAIN" in NEWID order and ``train`` the rest of it. ``root`` is the official
+    ``reuters21578.tar.gz``, the folder of its unpacked ``.sgm`` files, or a folder holding either
+    (directly, under ``summarization/`` or ``reuters21578/``). The files are read as latin-1 (one
+    byte of ``reut2-017.sgm`` is not UTF-8).
+    """
+    by_split = {"TRAIN": [], "TEST": [], "NOT-USED": []}
+    for where, text in _reuters_sources(Path(root)):
+        for lewis, story in _parse_sgm(where, text):
+            by_split[lewis].append(story)
+    train = sorted(by_split["TRAIN"], key=lambda s: s.newid)
+    test = sorted(by_split["TEST"], key=lambda s: s.newid)
+    if len(train) <= dev_size or not test:
+        raise DataFormatError(
+            f"{root}: {len(train)} TRAIN and {len(test)} TEST stories with TITLE and BODY; "
+            f"expected more than {dev_size} and at least one (the collection has "
+            "12,865 and 5,458)"
+        )
+    return {
+        "train": train[: len(train) - dev_size],
+        "dev": train[len(train) - dev_size :],
+        "test": test,
+    }
+
+
+def _reuters_sources(root: Path) -> list[tuple[str, str]]:
+    """``(path shown in errors, text)`` of the 22 ``reut2-*.sgm`` files, from a tar or folder."""
+    if root.is_file():
+        return _reuters_from_tar(root)
+    if (root / REUTERS_FILES[0]).exists():
+        return _reuters_from_dir(root)
+    candidates = []
+    for base in (root, root / "summarization", root / "reuters21578"):
+        candidates += [base / REUTERS_FILES[0], base / "reuters21578.tar.gz"]
+    path = _find(candidates, "Reuters-21578", REUTERS_URL)
+    return _reuters_from_dir(path.parent) if path.suffix == ".sgm" else _reuters_from_tar(path)
+
+
+def _reuters_from_dir(folder: Path) -> list[tuple[str, str]]:
+    missing = [n for n in REUTERS_FILES if not (folder / n).is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"{folder}: missing {', '.join(missing)} of the 22 reut2-NNN.sgm files "
+            f"(get the whole collection from {REUTERS_URL})"
+        )
+    return [(str(folder / n), (folder / n).read_text(encoding="latin-1")) for n in REUTERS_FILES]
+
+
+def _reuters_from_tar(path: Path) -> list[tuple[str, str]]:
+    found = {}
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                name = member.name.rsplit("/", 1)[-1]
+                if name in REUTERS_FILES and member.isfile():
+                    found[name] = tar.extractfile(member).read().decode("latin-1")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataFormatError(f"{path}: not a readable reuters21578 archive ({e})") from e
+    missing = [n for n in REUTERS_FILES if n not in found]
+    if missing:
+        raise DataFormatError(
+            f"{path}: the archive lacks {', '.join(missing)} of the 22 reut2-NNN.sgm files"
+        )
+    return [(f"{path}:{n}", found[n]) for n in REUTERS_FILES]
+
+
+def _parse_sgm(where: str, text: str) -> Iterator[tuple[str, NewsStory]]:
+    """``(LEWISSPLIT, story)`` for each <REUTERS> element of one file that has TITLE and BODY.
+
+    Between elements only blank space and the ``<!DOCTYPE ...>`` line may appear; anything else,
+    an unclosed element or a missing attribute stops with the file and line."""
+
+    def fail(offset: int, expected: str) -> DataFormatError:
+        got = text[offset : offset + 60].split("\n")[0]
+        line = text.count("\n", 0, offset) + 1
+        return DataFormatError(f"{where}:{line}: expected {expected}, got {got!r}")
+
+    pos, n = 0, 0
+    if text.startswith("<!DOCTYPE"):
+        pos = text.index(">") + 1
+    while True:
+        start = _BLANK.match(text, pos).end()
+        if start == len(text):
+            break
+        if not text.startswith("<REUTERS ", start):
+            raise fail(start, "<REUTERS ...> (one element per story)")
+        head_end = text.find(">", start)
+        end = text.find("</REUTERS>", start)
+        nxt = text.find("<REUTERS ", start + 1)
+        if end < 0 or head_end < 0 or (0 <= nxt < end):
+            raise fail(start, "this <REUTERS> element to be closed by </REUTERS>")
+        pos, n = end + len("</REUTERS>"), n + 1
+        attrs = dict(_SGML_ATTR.findall(text[start:head_end]))
+        lewis, newid = attrs.get("LEWISSPLIT"), attrs.get("NEWID", "")
+        if lewis not in ("TRAIN", "TEST", "NOT-USED") or not newid.isdigit():
+            raise fail(start, '<REUTERS> with LEWISSPLIT="TRAIN|TEST|NOT-USED" and a numeric NEWID')
+        title = _sgml_field(text, head_end, end, "TITLE", fail)
+        body = _sgml_field(text, head_end, end, "BODY", fail)
+        if title is None or body is None:
+            continue
+        body, title = body.strip(), title.strip()
+        if body[-6:].lower() == "reuter":  # the wire's sign-off, not part of the story
+            body = body[:-6].rstrip()
+        if not title or not body:
+            continue
+        if title == title.upper():  # headlines are in capitals: read them lower-cased
+            title = title.lower()
+        yield lewis, NewsStory(int(newid), title, body)
+    if n == 0:
+        raise DataFormatError(f"{where}:1: expected <REUTERS ...> elements, found none")
+
+
+def _sgml_field(text: str, start: int, end: int, tag: str, fail) -> str | None:
+    """The unescaped text of ``<tag>...</tag>`` within ``text[start:end]``, or None if absent."""
+    open_at = text.find(f"<{tag}>", start, end)
+    if open_at < 0:
+        return None
+    close_at = text.find(f"</{tag}>", open_at, end)
+    if close_at < 0:
+        raise fail(open_at, f"</{tag}> to close <{tag}> before </REUTERS>")
+    return _CONTROL.sub("", html.unescape(text[open_at + len(tag) + 2 : close_at]))
+
+
+_NEWS_TOKEN = re.compile(r"\d+(?:[.,/]\d+)*|\w+(?:['.&-]\w+)*\.?|[^\w\s]")
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9%)\"'][.!?])\s+(?=[A-Z\"(])")
+_ABBREV = re.compile(
+    r"\b(?:[A-Z]|Co|Corp|Inc|Ltd|Bhd|Mr|Mrs|Ms|Dr|St|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|"
+    r"Nov|Dec|Gov|Sen|Rep|Gen|No|vs)\.$"
+)
+
+
+def news_lead(body: str) -> str:
+    """The first sentence of a story: its first paragraph (paragraphs are indented lines),
+    cut at the first full stop that ends a sentence (not an abbreviation such as 'Corp.')."""
+    para = re.split(r"\n\s{2,}|\n\s*\n", body.strip(), maxsplit=1)[0]
+    para = " ".join(para.split())
+    for m in _SENTENCE_END.finditer(para):
+        if not _ABBREV.search(para[: m.start()]):
+            return para[: m.start()]
+    return para
+
+
+def news_tokenize(text: str) -> list[str]:
+    """Lower-cased words, numbers (``5.93``, ``1,750``, ``4-5/8`` -> ``4 - 5/8``) and single
+    punctuation marks; a trailing full stop stays on abbreviations like ``u.s.``"""
+    toks = []
+    for t in _NEWS_TOKEN.findall(text.lower()):
+        if t.endswith(".") and len(t) > 1 and "." not in t[:-1] and len(t) > 2:
+            toks += [t[:-1], "."]  # 'said.' -> 'said', '.'; keeps 'u.s.' and 'a.'
+        else:
+            toks.append(t)
+    return toks

@@ -1,13 +1,20 @@
-"""IMDB sentiment: a 2-layer bidirectional LSTM over word embeddings trained from scratch.
+"""IMDB sentiment: a 2-layer bidirectional LSTM over word embeddings trained from scratch, or
+(--cell rnn) the one-layer nn.RNN classifier of most tutorials.
 
-Variable-length batches go through the LSTM as PackedSequence. The review representation is the
+Variable-length batches go through the RNN as PackedSequence. The review representation is the
 final forward and backward states of the top layer next to a max-pool of its outputs over the
-real (unpadded) steps. Reviews longer than --max-len tokens keep their head and their tail.
+real (unpadded) steps (--head pool), or the last output alone (--head last, the default of
+--cell rnn: one layer, one direction, tanh). Reviews longer than --max-len tokens keep their
+head and their tail.
+
+--cell rnn goes through fused_rnn.convert like the others; a fused_rnn without an RNN module
+leaves nn.RNN as it is and says so.
 
     python examples/imdb_sentiment.py                        # GPU defaults
     python examples/imdb_sentiment.py --backend torch --emb-dim 128 --hidden 128 --max-len 256
     python examples/imdb_sentiment.py --compare --epochs 1 --max-steps 40
     python examples/imdb_sentiment.py --smoke
+    python examples/imdb_sentiment.py --cell rnn --backend cpp   # vs --cell lstm --directions 1
 """
 
 from __future__ import annotations
@@ -26,9 +33,16 @@ if __package__ in (None, ""):  # run as a script: make `examples` importable
 from examples import common  # noqa: E402
 from examples.data import Vocab, bucket_batches, imdb_tokenize, load_imdb, pad_batch  # noqa: E402
 
+CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
-class SentimentLSTM(nn.Module):
-    """ids (B, T) + lengths (B,) -> one logit per review (B,), positive = 'pos'."""
+
+class SentimentRNN(nn.Module):
+    """ids (B, T) + lengths (B,) -> one logit per review (B,), positive = 'pos'.
+
+    ``head="pool"``: the top layer's final states (both directions) next to a max-pool of its
+    outputs over the real steps. ``head="last"``: the top layer's final state only, i.e. its
+    output at each review's last real step (unidirectional) -- the tutorial classifier.
+    ``cell="rnn"`` is nn.RNN(nonlinearity="tanh")."""
 
     def __init__(
         self,
@@ -37,35 +51,66 @@ class SentimentLSTM(nn.Module):
         hidden: int = 256,
         layers: int = 2,
         dropout: float = 0.5,
+        cell: str = "lstm",
+        bidirectional: bool = True,
+        head: str = "pool",
     ):
         super().__init__()
+        if head not in ("pool", "last"):
+            raise ValueError(f"head must be 'pool' or 'last', got {head!r}")
+        self.head, dirs = head, 2 if bidirectional else 1
         self.emb = nn.Embedding(n_words, emb_dim, padding_idx=0)
-        self.rnn = nn.LSTM(
+        self.rnn = CELLS[cell](
             emb_dim,
             hidden,
             num_layers=layers,
             batch_first=True,
-            bidirectional=True,
+            bidirectional=bidirectional,
             dropout=dropout if layers > 1 else 0.0,
         )
         self.drop = nn.Dropout(dropout)
-        self.out = nn.Linear(4 * hidden, 1)
+        self.out = nn.Linear((2 if head == "pool" else 1) * dirs * hidden, 1)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.emb(ids))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        y, (h, _) = self.rnn(packed)  # h (layers*2, B, hidden)
-        y, _ = pad_packed_sequence(y, batch_first=True, padding_value=float("-inf"))
-        pooled = y.max(dim=1).values  # (B, 2*hidden); padding is -inf so never the max
-        feats = torch.cat([h[-2], h[-1], pooled], dim=-1)
+        y, h = self.rnn(packed)
+        h = h[0] if isinstance(h, tuple) else h  # LSTM: (h, c); h (layers*dirs, B, hidden)
+        dirs = 2 if self.rnn.bidirectional else 1
+        feats = torch.cat(list(h[-dirs:]), dim=-1)  # the top layer's final states
+        if self.head == "pool":
+            y, _ = pad_packed_sequence(y, batch_first=True, padding_value=float("-inf"))
+            pooled = y.max(dim=1).values  # (B, dirs*hidden); padding is -inf so never the max
+            feats = torch.cat([feats, pooled], dim=-1)
         return self.out(self.drop(feats)).squeeze(-1)
 
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--cell",
+        choices=tuple(CELLS),
+        default="lstm",
+        help="nn.LSTM, nn.GRU or nn.RNN (tanh); --cell rnn defaults to the tutorial model: "
+        "one layer, one direction, a Linear on the last output",
+    )
+    p.add_argument(
+        "--directions",
+        type=int,
+        choices=(1, 2),
+        default=None,
+        help="1 = left to right, 2 = bidirectional (default: 1 for --cell rnn, else 2)",
+    )
+    p.add_argument(
+        "--head",
+        choices=("pool", "last"),
+        default=None,
+        help="pool: final states + max-pool of the outputs; last: the last output only "
+        "(default: last for --cell rnn, else pool)",
+    )
     p.add_argument("--emb-dim", type=int, default=256)
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--layers", type=int, default=None, help="default 1 for --cell rnn, else 2")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--vocab-size", type=int, default=30000)
     p.add_argument(
@@ -77,6 +122,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--dev-size", type=int, default=1000, help="train reviews held out for dev")
     common.add_common_args(p, epochs=8, batch_size=64, lr=1e-3)
     args = p.parse_args(argv)
+    tutorial = args.cell == "rnn"  # the first model of most tutorials, unless asked otherwise
+    args.directions = args.directions or (1 if tutorial else 2)
+    args.layers = args.layers if args.layers is not None else (1 if tutorial else 2)
+    args.head = args.head or ("last" if tutorial else "pool")
     if args.smoke:
         args.epochs, args.emb_dim, args.hidden, args.max_len = 1, 32, 32, 100
         args.vocab_size, args.dev_size = 5000, 100
@@ -141,11 +190,14 @@ def make_task(args, device) -> common.Task:
         hidden=args.hidden,
         layers=args.layers,
         dropout=args.dropout,
+        cell=args.cell,
+        bidirectional=args.directions == 2,
+        head=args.head,
     )
     return common.Task(
         name="imdb",
-        make_model=lambda: SentimentLSTM(**config),
-        make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=args.lr),
+        make_model=lambda: SentimentRNN(**config),
+        make_optimizer=lambda m: common.make_optimizer(m, args),
         batches=batches,
         loss=loss,
         evaluate=evaluate,

@@ -63,3 +63,21 @@ def token_accuracy(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]])
         total += len(g)
         correct += sum(a == b for a, b in zip(g, p, strict=True))
     return 100.0 * correct / total if total else 0.0
+
+
+def rouge_f1(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F1 (in percent) of ``hyps`` against ``refs``, scored by
+    Google's ``rouge-score`` package (its tokenizer lower-cases and keeps [a-z0-9] runs; Porter
+    stemming on, as in most summarisation papers)."""
+    from rouge_score import rouge_scorer  # only the headline example needs it
+
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    kinds = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    totals = dict.fromkeys(kinds, 0.0)
+    for ref, hyp in zip(refs, hyps):
+        for k, score in scorer.score(ref, hyp).items():
+            totals[k] += score.fmeasure
+    n = max(1, len(refs))
+    return {k: 100.0 * v / n for k, v in totals.items()}

@@ -15,8 +15,10 @@ BLEU is sacrebleu's corpus BLEU against the raw, cased references.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import sacrebleu
@@ -37,6 +39,26 @@ from examples.data import (  # noqa: E402
     mt_tokenize,
     pad_batch,
 )
+
+
+@dataclass
+class Memory:
+    """The encoder's output that every decoder step reads.
+
+    memory (B, S, 2H) encoder outputs, keys (B, S, A) their attention keys, mask (B, S) True at
+    real source positions, state (B, D) the decoder's first state; src (B, S) the source ids
+    (a copy mechanism scatters attention onto them) or None."""
+
+    memory: torch.Tensor
+    keys: torch.Tensor
+    mask: torch.Tensor
+    state: torch.Tensor
+    src: torch.Tensor | None = None
+
+    def expand(self, n: int) -> Memory:
+        """A batch of one sentence repeated n times (beam search's hypotheses)."""
+        fields = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return Memory(*(None if t is None else t.expand(n, *t.shape[1:]) for t in fields))
 
 
 class Seq2Seq(nn.Module):
@@ -70,24 +92,31 @@ class Seq2Seq(nn.Module):
         self.out = nn.Linear(emb_dim, n_tgt)
         self.drop = nn.Dropout(dropout)
 
-    def encode(self, src: torch.Tensor, lengths: torch.Tensor):
-        """src (B, S) ids, lengths (B,) -> memory (B, S, 2H), keys (B, S, A), mask (B, S) bool,
-        initial decoder state (B, D)."""
+    def encode(self, src: torch.Tensor, lengths: torch.Tensor) -> Memory:
+        """src (B, S) ids, lengths (B,) -> what the decoder attends to and its first state."""
         x = self.drop(self.src_emb(src))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         y, h = self.encoder(packed)  # h (2, B, H)
         memory, _ = pad_packed_sequence(y, batch_first=True, total_length=src.shape[1])
         state = torch.tanh(self.bridge(torch.cat([h[0], h[1]], dim=-1)))
-        return memory, self.att_keys(memory), src != 0, state
+        return Memory(memory, self.att_keys(memory), src != 0, state)
 
-    def step(self, prev: torch.Tensor, state: torch.Tensor, memory, keys, mask):
-        """One decoder step. prev (B,) ids, state (B, D) -> logits (B, V), new state (B, D)."""
+    def attend(self, prev: torch.Tensor, state: torch.Tensor, mem: Memory):
+        """One decoder step up to the output layer. prev (B,) ids, state (B, D) ->
+        hidden (B, E), new state (B, D), attention weights (B, S), context (B, 2H),
+        embedded input (B, E)."""
         e = self.drop(self.tgt_emb(prev))  # (B, E)
-        scores = self.att_v(torch.tanh(keys + self.att_query(state)[:, None])).squeeze(-1)
-        weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)  # (B, S)
-        context = torch.bmm(weights[:, None], memory).squeeze(1)  # (B, 2H)
+        scores = self.att_v(torch.tanh(mem.keys + self.att_query(state)[:, None])).squeeze(-1)
+        weights = scores.masked_fill(~mem.mask, float("-inf")).softmax(-1)  # (B, S)
+        context = torch.bmm(weights[:, None], mem.memory).squeeze(1)  # (B, 2H)
         state = self.decoder(torch.cat([e, context], dim=-1), state)
         hidden = torch.tanh(self.pre_out(torch.cat([state, context, e], dim=-1)))
+        return hidden, state, weights, context, e
+
+    def step(self, prev: torch.Tensor, state: torch.Tensor, mem: Memory):
+        """One decoder step. prev (B,) ids, state (B, D) -> scores (B, V) (logits; a subclass
+        may return log-probabilities, which greedy and beam search read alike), new state."""
+        hidden, state, *_ = self.attend(prev, state, mem)
         return self.out(self.drop(hidden)), state
 
     def forward(self, src, src_len, tgt_in, teacher_forcing: float = 1.0) -> torch.Tensor:
@@ -95,8 +124,8 @@ class Seq2Seq(nn.Module):
 
         At each step after the first, each sentence is fed the reference word with probability
         ``teacher_forcing`` and its own previous prediction otherwise."""
-        memory, keys, mask, state = self.encode(src, src_len)
-        prev = tgt_in[:, 0]
+        mem = self.encode(src, src_len)
+        state, prev = mem.state, tgt_in[:, 0]
         logits = []
         for t in range(tgt_in.shape[1]):
             if t > 0:
@@ -105,19 +134,20 @@ class Seq2Seq(nn.Module):
                     own = logits[-1].argmax(-1)
                     use_ref = torch.rand(prev.shape, device=prev.device) < teacher_forcing
                     prev = torch.where(use_ref, prev, own)
-            step_logits, state = self.step(prev, state, memory, keys, mask)
+            step_logits, state = self.step(prev, state, mem)
             logits.append(step_logits)
         return torch.stack(logits, dim=1)
 
     @torch.no_grad()
     def greedy(self, src, src_len, max_len: int) -> list[list[int]]:
         """src (B, S), src_len (B,) -> B lists of target ids (without <s> and </s>)."""
-        memory, keys, mask, state = self.encode(src, src_len)
+        mem = self.encode(src, src_len)
+        state = mem.state
         prev = torch.full((src.shape[0],), self.bos_id, dtype=torch.long, device=src.device)
         done = torch.zeros_like(prev, dtype=torch.bool)
         out = []
         for _ in range(max_len):
-            logits, state = self.step(prev, state, memory, keys, mask)
+            logits, state = self.step(prev, state, mem)
             prev = logits.argmax(-1)
             out.append(prev)
             done |= prev == self.eos_id
@@ -132,15 +162,14 @@ class Seq2Seq(nn.Module):
 
         Keeps ``beam`` live hypotheses; a hypothesis that emits </s> is finished and ranked by
         its log-probability divided by length**alpha. Stops when ``beam`` are finished."""
-        memory, keys, mask, state = self.encode(src, src_len)
+        mem = self.encode(src, src_len)
+        state = mem.state
         seqs, scores = [[self.bos_id]], torch.zeros(1, device=src.device)
         finished = []
         for _ in range(max_len):
             n = len(seqs)
             prev = torch.tensor([s[-1] for s in seqs], device=src.device)
-            logits, new_state = self.step(
-                prev, state, memory.expand(n, -1, -1), keys.expand(n, -1, -1), mask.expand(n, -1)
-            )
+            logits, new_state = self.step(prev, state, mem.expand(n))
             logp = logits.log_softmax(-1)
             logp[:, : self.bos_id + 1] = float("-inf")  # never <pad>, <unk> or <s>
             cand = (scores[:, None] + logp).flatten()
@@ -270,7 +299,7 @@ def make_task(args, device) -> common.Task:
     return common.Task(
         name="seq2seq",
         make_model=lambda: Seq2Seq(**config),
-        make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=args.lr),
+        make_optimizer=lambda m: common.make_optimizer(m, args),
         batches=batches,
         loss=loss,
         evaluate=evaluate,

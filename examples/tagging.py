@@ -242,7 +242,7 @@ def make_task(args, device) -> common.Task:
     return common.Task(
         name=f"tagging-{args.task}",
         make_model=lambda: Tagger(**config),
-        make_optimizer=lambda m: torch.optim.Adam(m.parameters(), lr=args.lr),
+        make_optimizer=lambda m: common.make_optimizer(m, args),
         batches=batches,
         loss=loss,
         evaluate=evaluate,

@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from examples import common, data, imdb_sentiment, seq2seq, tagging
-from examples.metrics import chunk_f1, chunk_spans, token_accuracy
+from examples import common, data, headlines, imdb_sentiment, seq2seq, tagging
+from examples.metrics import chunk_f1, chunk_spans, rouge_f1, token_accuracy
 
 SHARED = data.DEFAULT_DATA_ROOT
 needs_shared = pytest.mark.skipif(
@@ -153,6 +153,126 @@ def test_multi30k(tmp_path):
         data.load_multi30k(tmp_path / "nowhere", "train")
 
 
+def reuters_story(newid: int, lewis: str, title: str | None, body: str | None) -> str:
+    """One <REUTERS> element as the distribution writes it (control-character entities too)."""
+    text = f"<TITLE>{title}</TITLE>" if title is not None else ""
+    if body is not None:
+        text += f"\n<DATELINE>    NEW YORK, March 2 - </DATELINE><BODY>{body}\n Reuter\n&#3;</BODY>"
+    return (
+        f'<REUTERS TOPICS="NO" LEWISSPLIT="{lewis}" CGISPLIT="TRAINING-SET" OLDID="1" '
+        f'NEWID="{newid}">\n<DATE>2-MAR-1987</DATE>\n<TEXT>&#2;\n{text}</TEXT>\n</REUTERS>\n'
+    )
+
+
+def make_reuters(folder: Path, extra: str = "") -> Path:
+    """The 22 reut2-NNN.sgm files: two TRAIN and one TEST story with TITLE and BODY, one TRAIN
+    story without BODY, a NOT-USED one in each file; the 0xFC byte of the real reut2-017.sgm."""
+    folder.mkdir(parents=True, exist_ok=True)
+    head = '<!DOCTYPE lewis SYSTEM "lewis.dtd">\n'
+    files = {
+        n: head + reuters_story(100 + i, "NOT-USED", "UNUSED", "Unused.")
+        for i, n in enumerate(data.REUTERS_FILES)
+    }
+    files["reut2-000.sgm"] += reuters_story(
+        2, "TRAIN", "AT&amp;T &lt;T> SETS 1ST QTR DIVIDEND", "AT and T said it set.\n  More."
+    )
+    files["reut2-000.sgm"] += reuters_story(1, "TRAIN", "No body here", None)
+    files["reut2-017.sgm"] += reuters_story(
+        7, "TRAIN", "MUNICH RE UP", "M\xfcnchener Re profit rose."
+    )
+    files["reut2-021.sgm"] += reuters_story(9, "TEST", "Mixed Case Headline", "Story. Two.")
+    files["reut2-021.sgm"] += extra
+    for name, text in files.items():
+        (folder / name).write_bytes(text.encode("latin-1"))
+    return folder
+
+
+def test_reuters_folder_and_tarball(tmp_path):
+    folder = make_reuters(tmp_path / "dir")
+    got = data.load_reuters(folder, dev_size=1)
+    assert got == {
+        "train": [(2, "at&t <t> sets 1st qtr dividend", "AT and T said it set.\n  More.")],
+        "dev": [(7, "munich re up", "M\xfcnchener Re profit rose.")],
+        "test": [(9, "Mixed Case Headline", "Story. Two.")],  # not all capitals: kept
+    }
+    tar_path = tmp_path / "reuters21578.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for f in sorted(folder.iterdir()):
+            tar.add(f, arcname=f.name)  # no folder inside, as distributed
+    assert data.load_reuters(tar_path, dev_size=1) == got
+    assert data.load_reuters(tmp_path, dev_size=1) == got  # finds the tarball in a folder
+
+
+def test_reuters_malformed_and_missing(tmp_path):
+    bad = reuters_story(10, "TEST", "T", "B").replace("</REUTERS>", "")
+    make_reuters(tmp_path / "a", extra=bad)
+    line = 1 + (tmp_path / "a" / "reut2-021.sgm").read_text("latin-1").count("\n", 0, -len(bad))
+    with pytest.raises(data.DataFormatError, match=rf"reut2-021\.sgm:{line}: expected this "):
+        data.load_reuters(tmp_path / "a", dev_size=1)
+    make_reuters(tmp_path / "b", extra=reuters_story(11, "MAYBE", "T", "B"))
+    with pytest.raises(data.DataFormatError, match=r"reut2-021\.sgm:\d+: expected <REUTERS> with"):
+        data.load_reuters(tmp_path / "b", dev_size=1)
+    make_reuters(tmp_path / "c", extra='<REUTERS LEWISSPLIT="TEST" NEWID="12"><TITLE>x')
+    with pytest.raises(data.DataFormatError, match=r"reut2-021\.sgm:\d+: expected this <REUTERS>"):
+        data.load_reuters(tmp_path / "c", dev_size=1)
+    make_reuters(tmp_path / "d")
+    (tmp_path / "d" / "reut2-013.sgm").unlink()
+    with pytest.raises(data.DataNotFoundError, match=r"missing reut2-013\.sgm"):
+        data.load_reuters(tmp_path / "d", dev_size=1)
+    with pytest.raises(data.DataNotFoundError, match="reuters21578.tar.gz"):
+        data.load_reuters(tmp_path / "nowhere")
+
+
+def test_news_lead_and_tokens():
+    body = "Acme Corp. said on Feb. 26 its U.S. unit will pay 1,750 dlrs. Not this.\n    Nor this."
+    assert data.news_lead(body) == "Acme Corp. said on Feb. 26 its U.S. unit will pay 1,750 dlrs."
+    assert data.news_lead("Shr 12 cts vs 10 cts\n    Net 1.2 mln") == "Shr 12 cts vs 10 cts"
+    assert data.news_tokenize("U.S. <ACME> paid 5.93 mln, said.") == [
+        "u.s.", "<", "acme", ">", "paid", "5.93", "mln", ",", "said", ".",
+    ]  # fmt: skip
+
+
+def test_rouge_f1_hand_example():
+    # ref 'police kill the gunman' vs hyp 'police killed the gunman' (stemmed: kill = killed):
+    # all 4 unigrams match; bigrams: 'police kill', 'kill the', 'the gunman' all match.
+    got = rouge_f1(["police kill the gunman", "a b c d"], ["police killed the gunman", "a c"])
+    # second pair: R1 P=2/2 R=2/4 F=2/3; R2 no common bigram; RL LCS 'a c' = R1.
+    assert got["rouge1"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+    assert got["rouge2"] == pytest.approx(100 * (1 + 0) / 2)
+    assert got["rougeL"] == pytest.approx(100 * (1 + 2 / 3) / 2)
+
+
+def test_cosine_schedule_warms_up_and_decays_to_zero():
+    model = nn.Linear(2, 1)
+    args = common.argparse.Namespace(
+        optimizer="adamw", weight_decay=0.1, lr=1.0, schedule="cosine", warmup=2, epochs=2,
+        max_steps=3,
+    )  # fmt: skip
+    opt = common.make_optimizer(model, args)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]  # weight, bias
+    task = common.Task("t", None, None, lambda epoch: [0] * 10, None, None, "d", "t")
+    sched = common.make_schedule(opt, task, args)
+    lrs = []
+    for _ in range(6):  # 2 epochs of --max-steps 3
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:3] == pytest.approx([0.5, 1.0, 1.0]) and lrs[3] < lrs[2]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_rnn_converts_or_says_it_runs_torch(capsys):
+    import fused_rnn
+
+    model = common.apply_backend(nn.Sequential(nn.RNN(3, 4), nn.LSTM(4, 4)), "reference")
+    assert type(model[1]) is not nn.LSTM  # swapped
+    out = capsys.readouterr().out
+    if hasattr(fused_rnn, "RNN") and type(model[0]) is not nn.RNN:
+        assert isinstance(model[0], fused_rnn.RNN) and "nn.RNN" not in out
+    else:
+        assert type(model[0]) is nn.RNN and "no drop-in for nn.RNN: it runs as torch's" in out
+
+
 def test_mt_tokenize_roundtrip():
     text = "A man's dog, in a t-shirt (red), runs."
     toks = data.mt_tokenize(text)
@@ -230,11 +350,13 @@ def test_chunk_f1_hand_example():
 
 SMOKES = {
     "imdb": (imdb_sentiment, []),
+    "imdb_rnn": (imdb_sentiment, ["--cell", "rnn"]),
+    "headlines": (headlines, []),
     "upos": (tagging, ["--task", "upos"]),
     "chunk": (tagging, ["--task", "chunk"]),
     "seq2seq": (seq2seq, []),
 }
-RNN_TYPES = (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)
+RNN_TYPES = (nn.RNN, nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)
 
 
 @needs_shared
@@ -268,7 +390,9 @@ def test_smoke_fused_backend_and_checkpoint(name, tmp_path):
 
     saved = common.load_checkpoint(ckpt)
     model_cls = {
-        "imdb": imdb_sentiment.SentimentLSTM,
+        "imdb": imdb_sentiment.SentimentRNN,
+        "imdb_rnn": imdb_sentiment.SentimentRNN,
+        "headlines": headlines.PointerSeq2Seq,
         "upos": tagging.Tagger,
         "chunk": tagging.Tagger,
         "seq2seq": seq2seq.Seq2Seq,
