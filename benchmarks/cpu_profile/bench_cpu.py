@@ -34,14 +34,14 @@ SHAPES = {
     "proj": (100, 64, 512, 1024),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-PROJ_SIZE = 256  # the "lstm_proj" cell: nn.LSTM(proj_size=PROJ_SIZE), a speech-like LSTMP
+PROJ_SIZE = 256  # the "lstm_proj" cell: nn.LSTM(proj_size=min(PROJ_SIZE, H // 4)), an LSTMP
 CELLS = ["lstm", "gru", "rnn", "rnn_relu", "lstm_proj"]
 
 
-def _module_args(cell: str) -> tuple[str, dict]:
+def _module_args(cell: str, hidden: int) -> tuple[str, dict]:
     """(torch.nn / fused_rnn class name, extra constructor kwargs) of a --cells entry."""
     if cell == "lstm_proj":
-        return "LSTM", {"proj_size": PROJ_SIZE}
+        return "LSTM", {"proj_size": min(PROJ_SIZE, max(1, hidden // 4))}
     if cell == "rnn_relu":
         return "RNN", {"nonlinearity": "relu"}
     return cell.upper(), {}
@@ -51,7 +51,7 @@ def make_module(provider: str, ref: torch.nn.Module, cell: str):
     """``ref`` itself for "torch", else a fused_rnn module with its weights on ``provider``."""
     if provider == "torch":
         return ref
-    name, kw = _module_args(cell)
+    name, kw = _module_args(cell, ref.hidden_size)
     ours = getattr(fused_rnn, name)(ref.input_size, ref.hidden_size, backend=provider, **kw)
     ours.load_state_dict(ref.state_dict())
     return ours.to(next(ref.parameters()).dtype)
@@ -100,7 +100,7 @@ def bench(
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     T, B, n_in, hidden = shape
-    name, kw = _module_args(cell)
+    name, kw = _module_args(cell, hidden)
     ref = getattr(torch.nn, name)(n_in, hidden, **kw).to(dtype)
     x = torch.randn(T, B, n_in, dtype=dtype, requires_grad=(mode != "infer"))
     dy = torch.randn(T, B, kw.get("proj_size", hidden), dtype=dtype)
