@@ -94,7 +94,9 @@ def environment(device: str, command: str = "") -> dict:
     if device == "cuda":
         name = torch.cuda.get_device_name()
     else:
-        name = f"{_cpu_name()} ({os.cpu_count()} cores)"
+        from fused_rnn.cpu_policy import isa_class
+
+        name = f"{_cpu_name()} ({os.cpu_count()} cores, ISA class {isa_class()})"
     return {
         "run_id": now.strftime("%Y%m%dT%H%M%SZ"),
         "date": now.isoformat(timespec="seconds"),
