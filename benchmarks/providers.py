@@ -102,6 +102,7 @@ class FusedProvider(Provider):
             bidirectional=case.bidirectional,
             backend=self.name,
             **kwargs,
+            **case.module_kwargs,
         )
         m = m.to(device=next(torch_module.parameters()).device, dtype=case.torch_dtype)
         m.load_state_dict(torch_module.state_dict())
@@ -203,6 +204,8 @@ class HasteProvider(Provider):
             return "haste needs CUDA"
         if case.cell not in ("lstm", "gru"):
             return "haste has LSTM and GRU only"
+        if case.proj:
+            return "haste has no LSTM projection"
         if case.layers > 1 or case.bidirectional or case.varlen == "packed":
             return "haste runs one unidirectional layer on dense input"
         return None
