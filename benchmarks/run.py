@@ -53,7 +53,11 @@ def parse_args(argv):
         default=None,
         help="comma-separated subset (torch always runs); default: all available",
     )
-    ap.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm, gru")
+    ap.add_argument(
+        "--cells",
+        default="lstm,gru,rnn_tanh,rnn_relu",
+        help="comma-separated: lstm, gru, rnn_tanh, rnn_relu",
+    )
     ap.add_argument("--only", default=None, help="run cases whose id contains this text")
     ap.add_argument("--out", type=Path, default=RESULTS, help=f"results folder ({RESULTS})")
     ap.add_argument(
@@ -88,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    if not cells or any(c not in grids.CELLS for c in cells):
-        raise SystemExit(f"--cells takes a comma-separated subset of {grids.CELLS}")
+    known = grids.CELLS + grids.RNN_CELLS
+    if not cells or any(c not in known for c in cells):
+        raise SystemExit(f"--cells takes a comma-separated subset of {known}")
     try:
         providers = select(args.providers.split(",") if args.providers else None)
     except ValueError as e:

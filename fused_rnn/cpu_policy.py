@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .cells import Cell
+
 __all__ = ["Choice", "explain", "isa_class", "order_for"]
 
 
@@ -394,7 +396,7 @@ def order_for(
     return Choice((first, *rest), why)
 
 
-def explain(cell, x: torch.Tensor, has_proj: bool = False, packed: bool = False) -> str:
+def explain(cell: Cell | str, x: torch.Tensor, has_proj: bool = False, packed: bool = False) -> str:
     """Which backend ``backend="auto"`` runs for ``cell`` ("lstm", "gru", ...) on input ``x``
     ((T, B, I), the layout the backends see; a forward under torch.no_grad() is inference,
     otherwise training), and why."""

@@ -342,7 +342,7 @@ class GRUCell(_FusedCellMixin, nn.GRUCell):
         super().__init__(*args, **kwargs)
         self._init_backend(backend)
 
-    def forward(self, input: Tensor, hx: Tensor | None = None):
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         return self._cell_forward(input, hx)
 
 

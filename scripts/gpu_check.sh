@@ -287,7 +287,7 @@ grid_limit=$(limit 100000 "$SANITIZER_RESERVE")
 grid_budget=$((grid_limit > 60 ? grid_limit - 30 : grid_limit / 2))
 if [ "$DRY" = 1 ]; then
   run_step grid "$grid_limit" "$PY" -m benchmarks.run --device cpu --quick --threads 1 \
-    --only T32-I64-H64 --providers cpp --budget-s "$grid_budget" --out "$WORK/bench"
+    --only lstm-B1-T32-I128-H128-fp32 --providers cpp --budget-s "$grid_budget" --out "$WORK/bench"
 else
   run_step grid "$grid_limit" "$PY" -m benchmarks.run --device cuda --full \
     --budget-s "$grid_budget" --out "$WORK/bench"

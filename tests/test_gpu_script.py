@@ -114,7 +114,7 @@ def test_a_step_stopped_by_its_limit_keeps_its_rows_and_the_others_run(dry_run):
     # Earlier and later steps' results are all there.
     assert b"passed" in files["kernels.log"]
     grid = list(csv.DictReader(io.StringIO(files["bench/results.csv"].decode())))
-    assert {r["case"] for r in grid} == {"lstm-B16-T32-I64-H64-fp32", "gru-B16-T32-I64-H64-fp32"}
+    assert {r["case"] for r in grid} == {"lstm-B1-T32-I128-H128-fp32"}
     assert b"lstm float32 on cpu: ok" in files["sanitizer.log"]
 
 
