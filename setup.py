@@ -17,6 +17,7 @@ fused_rnn.ops refuses (with both versions and the rebuild command) to load an ex
 another torch.
 """
 
+import concurrent.futures
 import glob
 import os
 import platform
@@ -93,13 +94,37 @@ def _build_ext_class():
                 objects = sorted(objects, key=is_kernel)  # stable: baseline, then kernels
                 return link(objects, *args, **kwargs)
 
+            compile_all = self.compiler.compile
+
+            def in_parallel(sources, output_dir=None, macros=None, include_dirs=None, debug=0,
+                            extra_preargs=None, extra_postargs=None, depends=None):  # fmt: skip
+                # distutils compiles one source after another; ninja (which would run them in
+                # parallel) cannot give each source its own flags, so run the per-source compiles
+                # on MAX_JOBS threads (each one is a compiler subprocess).
+                cc = self.compiler
+                macros, objects, extra_postargs, pp_opts, build = cc._setup_compile(
+                    output_dir, macros, include_dirs, sources, depends, extra_postargs
+                )
+                cc_args = cc._get_cc_args(pp_opts, debug, extra_preargs)
+
+                def one(obj):
+                    src, ext_ = build[obj]
+                    cc._compile(obj, src, ext_, cc_args, extra_postargs, pp_opts)
+
+                jobs = int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1)
+                with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+                    list(pool.map(one, objects))  # re-raises the first compiler error
+                return objects
+
             self.compiler._compile = with_isa
             self.compiler.link_shared_object = baseline_first
+            self.compiler.compile = in_parallel
             try:
                 super().build_extension(ext)
             finally:
                 self.compiler._compile = compile_one
                 self.compiler.link_shared_object = link
+                self.compiler.compile = compile_all
 
     return BuildExt
 
