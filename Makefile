@@ -1,7 +1,14 @@
 # Short aliases; the commands themselves are in README.md.
 PY ?= python
 
-.PHONY: install test lint bench check-gpu
+.PHONY: demo ci install test lint bench check-gpu
+
+# Fresh machine: venv + install + `python -m fused_rnn` / the whole CI (fresh venv, wheel, tests).
+demo:
+	bash scripts/quickstart.sh
+
+ci:
+	bash .ci/run
 
 install:
 	$(PY) -m pip install torch==2.13.0 && $(PY) -m pip install -r requirements-dev.txt \

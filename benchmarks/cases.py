@@ -16,7 +16,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru")  # the cells of every sweep of the grids
+RNN_CELLS = ("rnn_tanh", "rnn_relu")  # the Elman RNN: at the target shapes and IMDB batches
+# Every cell a Case may name: torch module and gate count.
+ALL_CELLS = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 DTYPES = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -47,16 +50,29 @@ class Case:
     varlen: str = ""  # "" (every sequence has T steps), "packed" or "padded" (IMDB lengths)
     tags: tuple[str, ...] = ()
     providers: tuple[str, ...] | None = None
+    proj: int = 0  # LSTM proj_size (0: none)
 
     def __post_init__(self):
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
+        if self.cell not in ALL_CELLS:
+            raise ValueError(f"cell must be one of {tuple(ALL_CELLS)}, got {self.cell!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.varlen not in ("", "packed", "padded"):
             raise ValueError(f"varlen must be '', 'packed' or 'padded', got {self.varlen!r}")
         if min(self.B, self.T, self.I, self.H, self.layers) < 1:
             raise ValueError(f"sizes must be >= 1: {self}")
+        if self.proj and (self.cell != "lstm" or not 0 < self.proj < self.H):
+            raise ValueError(f"proj needs an LSTM and 0 < proj < H: {self}")
+
+    @property
+    def P(self) -> int:
+        """The output width: proj_size if set, else H."""
+        return self.proj or self.H
+
+    @property
+    def module_kwargs(self) -> dict:
+        """Constructor kwargs beyond (I, H, layers, bidirectional) shared by torch and ours."""
+        return {"proj_size": self.proj} if self.proj else {}
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -70,6 +86,8 @@ class Case:
             parts.append(f"L{self.layers}")
         if self.bidirectional:
             parts.append("bidi")
+        if self.proj:
+            parts.append(f"P{self.proj}")
         if self.varlen:
             parts.append(f"imdb-{self.varlen}")
         parts.append(SHORT_DTYPE[self.dtype])
@@ -85,6 +103,8 @@ ALL_PROVIDER_NAMES = (
     "torch_compile",
     "reference",
     "cpp",
+    "native",
+    "auto",
     "cuda",
     "triton",
     "flashrnn",
@@ -116,6 +136,8 @@ def quick_grid(device: str) -> list[Case]:
     The two shapes of the CPU target (fastrnns, the IMDB example) run torch against the
     compiled backends only; torch.compile runs on one small case, to show whether it works.
     """
+    if device == "cpu":
+        return _quick_cpu_grid()
     dt = "float32"
     cases = [
         _cheap_only(Case("lstm", 64, 100, 512, 512, dtype=dt, tags=("target", "fastrnns"))),
@@ -154,6 +176,36 @@ def quick_grid(device: str) -> list[Case]:
     return cases
 
 
+# The CPU grid's providers: torch's module, the fused C++ kernels, torch's op through fused_rnn
+# ("native") and what backend="auto" picks between them (fused_rnn.cpu_policy).
+CPU_PROVIDERS = ("torch", "cpp", "native", "auto")
+
+
+def _quick_cpu_grid() -> list[Case]:
+    """fp32 and bf16; LSTM and GRU; padded and packed (IMDB lengths); B = 1, 16, 64; the
+    fastrnns target shape. Timed interleaved (runner.py); 10-20 minutes on 2 shared cores."""
+    cases = []
+    for dt in ("float32", "bfloat16"):
+        for cell in CELLS:
+            for vl in ("packed", "padded"):
+                cases.append(Case(cell, dtype=dt, varlen=vl, tags=("imdb",), **IMDB_QUICK))
+            for B in (1, 16, 64):
+                cases.append(Case(cell, B, 32, 128, 128, dtype=dt, tags=("sweep-B",)))
+            cases.append(Case(cell, 16, 32, 256, 256, dtype=dt, tags=("sweep-H",)))
+    # The Elman RNN (both nonlinearities) at an IMDB-like layer, padded and packed, and an LSTM
+    # with a projection (LSTMP, speech-like), fp32.
+    for cell in RNN_CELLS:
+        for vl in ("packed", "padded"):
+            cases.append(Case(cell, dtype="float32", varlen=vl, tags=("imdb",), **IMDB_QUICK))
+    cases.append(Case("lstm", 32, 50, 256, 1024, proj=256, tags=("lstmp",)))
+    # The largest (minutes in bf16, where torch has no fast path on AVX2 CPUs) come last, so a
+    # --budget-s cuts them first.
+    for dt in ("float32", "bfloat16"):
+        cases.append(Case("lstm", 64, 100, 512, 512, dtype=dt, tags=("target", "fastrnns")))
+    cases.append(Case("rnn_tanh", 64, 100, 512, 512, tags=("target", "fastrnns")))
+    return [replace(c, providers=CPU_PROVIDERS) for c in cases]
+
+
 def full_grid(device: str) -> list[Case]:
     """The full grid: every TARGETS.md shape, sweeps, stacks and IMDB batches.
 
@@ -178,7 +230,7 @@ def full_grid(device: str) -> list[Case]:
     no_compile = tuple(p for p in ALL_PROVIDER_NAMES if p != "torch_compile")
     for shape, tag in (((16, 1024, 768, 768), "anchor"), ((64, 100, 512, 512), "fastrnns")):
         for dt in dtypes:
-            for cell in CELLS:
+            for cell in CELLS + RNN_CELLS:
                 # torch.compile recompiles for every new module and dtype (seconds each, cold):
                 # it runs on one case per cell, the first anchor of the target dtype.
                 every = tag == "anchor" and dt == dtypes[-1]
@@ -186,7 +238,10 @@ def full_grid(device: str) -> list[Case]:
                 cases.append(Case(cell, *shape, dtype=dt, tags=("target", tag),
                                   providers=providers))  # fmt: skip
     for dt in sweep_dtypes:
-        for cell in CELLS:
+        # LSTMP, speech-like: H=1024 projected to 256
+        cases.append(_cheap_only(Case("lstm", 32, 200, 256, 1024, proj=256, dtype=dt,
+                                      tags=("lstmp",))))  # fmt: skip
+        for cell in CELLS + RNN_CELLS:
             for imdb in imdbs:
                 for vl in ("packed", "padded"):
                     cases.append(
@@ -244,7 +299,7 @@ def estimate_seconds(case: Case, providers: tuple[str, ...], device: str, quick:
     from .timing import TimingConfig
 
     cfg = TimingConfig.for_device(device, quick)
-    gates = 4 if case.cell == "lstm" else 3
+    gates = ALL_CELLS[case.cell]
     dirs = 2 if case.bidirectional else 1
     T = case.T if not case.varlen else case.T * 0.8  # the longest of B IMDB draws
     steps = T * case.layers * dirs

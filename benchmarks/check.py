@@ -60,11 +60,20 @@ class Inputs:
         )
 
 
+def torch_class(cell: str) -> tuple[type, dict]:
+    """torch's module class of ``cell`` and the constructor kwargs that select it; fused_rnn's
+    modules share the names and kwargs (``fused_rnn.RNN(..., nonlinearity=...)``)."""
+    if cell.startswith("rnn_"):
+        return nn.RNN, {"nonlinearity": cell[4:]}
+    return {"lstm": nn.LSTM, "gru": nn.GRU}[cell], {}
+
+
 def make_torch_module(case: Case, device: str, seed: int) -> nn.Module:
-    """torch's nn.LSTM / nn.GRU for the case (time-major), default init from ``seed``."""
+    """torch's nn.LSTM / nn.GRU / nn.RNN for the case (time-major), default init from ``seed``."""
     torch.manual_seed(seed)
-    cls = nn.LSTM if case.cell == "lstm" else nn.GRU
-    m = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
+    cls, kwargs = torch_class(case.cell)
+    m = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
+            **kwargs, **case.module_kwargs)  # fmt: skip
     return m.to(device=device, dtype=case.torch_dtype)
 
 
@@ -88,10 +97,10 @@ def make_inputs(case: Case, device: str, seed: int, data_dir=None) -> Inputs:
         x=randn(T, case.B, case.I),
         lengths=lengths,
         lengths_source=source,
-        h0=randn(L, case.B, case.H),
+        h0=randn(L, case.B, case.P),
         c0=randn(L, case.B, case.H) if lstm else None,
-        gy=randn(T, case.B, D * case.H),
-        ghn=randn(L, case.B, case.H),
+        gy=randn(T, case.B, D * case.P),
+        ghn=randn(L, case.B, case.P),
         gcn=randn(L, case.B, case.H) if lstm else None,
     )
 

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from .cases import Case
+from .check import torch_class
 
-FUSED_BACKENDS = ("reference", "cpp", "cuda", "triton")
+FUSED_BACKENDS = ("reference", "cpp", "native", "auto", "cuda", "triton")
 
 
 @dataclass
@@ -67,7 +68,7 @@ class TorchCompileProvider(Provider):
 
 
 class FusedProvider(Provider):
-    """fused_rnn.LSTM / GRU pinned to one backend, loaded from torch's state dict."""
+    """fused_rnn.LSTM / GRU / RNN pinned to one backend, loaded from torch's state dict."""
 
     def __init__(self, backend: str):
         self.name = backend
@@ -78,8 +79,11 @@ class FusedProvider(Provider):
             from fused_rnn.backends import backend_status
         except ImportError as e:
             return f"fused_rnn not importable: {e}"
-        if not hasattr(fused_rnn, "LSTM") or not hasattr(fused_rnn, "GRU"):
-            return "fused_rnn has no LSTM/GRU modules yet"
+        name = torch_class(case.cell)[0].__name__
+        if not hasattr(fused_rnn, name):
+            return f"fused_rnn has no {name} module yet"
+        if self.name == "auto":
+            return None
         why = backend_status().get(self.name, "not registered")
         if why is not None:
             return why
@@ -90,17 +94,29 @@ class FusedProvider(Provider):
     def build(self, torch_module, case):
         import fused_rnn
 
-        cls = fused_rnn.LSTM if case.cell == "lstm" else fused_rnn.GRU
-        m = cls(
+        theirs, kwargs = torch_class(case.cell)
+        m = getattr(fused_rnn, theirs.__name__)(
             case.I,
             case.H,
             num_layers=case.layers,
             bidirectional=case.bidirectional,
             backend=self.name,
+            **kwargs,
+            **case.module_kwargs,
         )
         m = m.to(device=next(torch_module.parameters()).device, dtype=case.torch_dtype)
         m.load_state_dict(torch_module.state_dict())
-        return Built(m, dict(m.named_parameters()))
+        note = ""
+        if self.name == "auto":  # which backend auto runs, per mode, and why
+            x = torch.empty(
+                case.T, case.B, case.I, dtype=case.torch_dtype, device=next(m.parameters()).device
+            )
+            packed = case.varlen == "packed"
+            with torch.no_grad():
+                infer = fused_rnn.explain(case.cell, x, packed=packed)
+            train = fused_rnn.explain(case.cell, x, packed=packed)
+            note = f"infer {infer}; train {train}"
+        return Built(m, dict(m.named_parameters()), note=note)
 
 
 def _importable(mod: str) -> bool:
@@ -186,6 +202,10 @@ class HasteProvider(Provider):
             return "haste_pytorch not installed (its 2020 source release rarely builds)"
         if device != "cuda":
             return "haste needs CUDA"
+        if case.cell not in ("lstm", "gru"):
+            return "haste has LSTM and GRU only"
+        if case.proj:
+            return "haste has no LSTM projection"
         if case.layers > 1 or case.bidirectional or case.varlen == "packed":
             return "haste runs one unidirectional layer on dense input"
         return None

@@ -29,7 +29,10 @@ def _cell(r: dict) -> str:
     t = fmt_ms(float(r[f"{r['stat']}_ms"]))
     if r["provider"] == "torch" or not r["speedup_vs_torch"]:
         return t
-    return f"{t} ({float(r['speedup_vs_torch']):.2f}x)"
+    spread = ""
+    if r.get("speedup_p20"):  # interleaved CPU timing: the spread of the per-repetition ratios
+        spread = f", {float(r['speedup_p20']):.2f}-{float(r['speedup_p80']):.2f}"
+    return f"{t} ({float(r['speedup_vs_torch']):.2f}x{spread})"
 
 
 def _grid(rows: list[dict], modes, cell=_cell) -> tuple[list[str], list[list[str]]]:

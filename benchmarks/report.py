@@ -52,6 +52,8 @@ CSV_FIELDS = [
     "reps",
     "us_per_step",
     "speedup_vs_torch",
+    "speedup_p20",
+    "speedup_p80",
     "peak_mib",
     "detail",
 ]
@@ -92,7 +94,9 @@ def environment(device: str, command: str = "") -> dict:
     if device == "cuda":
         name = torch.cuda.get_device_name()
     else:
-        name = f"{_cpu_name()} ({os.cpu_count()} cores)"
+        from fused_rnn.cpu_policy import isa_class
+
+        name = f"{_cpu_name()} ({os.cpu_count()} cores, ISA class {isa_class()})"
     return {
         "run_id": now.strftime("%Y%m%dT%H%M%SZ"),
         "date": now.isoformat(timespec="seconds"),
@@ -143,6 +147,8 @@ def csv_rows(results: list[Result], env: dict) -> list[dict]:
                 "reps": s.n if s else "",
                 "us_per_step": _fmt(r.us_per_step, ".3f"),
                 "speedup_vs_torch": _fmt(r.speedup, ".3f"),
+                "speedup_p20": _fmt(r.ratio and r.ratio.p20, ".3f"),
+                "speedup_p80": _fmt(r.ratio and r.ratio.p80, ".3f"),
                 "peak_mib": _fmt(r.peak_mb, ".1f"),
                 "detail": r.detail,
             }

@@ -9,13 +9,16 @@ Prints a table (median per call, speedup against torch's module), appends every 
     python -m benchmarks.run --full --dry-run               # list cases and the time estimate
 
 Exit status 1 when a fused_rnn backend was WRONG or failed on some case (all files are still
-written), 0 otherwise.
+written), 130 when stopped by SIGINT (the CSV then holds every case that finished, the markdown
+lists the rest as not run), 0 otherwise. CSV rows are appended as each case finishes; with a
+budget, a case whose estimate does not fit in what is left is not started.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -134,19 +137,34 @@ def main(argv: list[str] | None = None) -> int:
             "running, CPU timings will be slow and noisy (recorded in the CSV)"
         )
     cfg = TimingConfig.for_device(args.device, quick=not args.full)
+    # SIGINT must raise KeyboardInterrupt even where the shell started us with it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     t0 = time.monotonic()
-    results, not_run = run_grid(
-        grid, providers, args.device, cfg, args.seed, args.data_dir, budget, stat=args.stat
-    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+
+    def on_case(results):
+        # Appended as each case finishes: a run stopped by a time limit keeps its finished cases.
+        new = csv_rows(results, env)
+        append_csv(args.out / "results.csv", new)
+        rows.extend(new)
+
+    interrupted = False
+    try:
+        _, not_run = run_grid(
+            grid, providers, args.device, cfg, args.seed, args.data_dir, budget,
+            stat=args.stat, estimate=lambda c: est(c)[0], on_case=on_case,
+        )  # fmt: skip
+    except KeyboardInterrupt:  # `timeout -s INT` (scripts/gpu_check.sh): keep what finished
+        interrupted = True
+        done = {r["case"] for r in rows}
+        not_run = [c for c in grid if c.id not in done]
+        print(f"\ninterrupted: {len(not_run)} case(s) not finished")
     print(
         f"\n{env['device_name']}, torch {env['torch']}, {env['threads']} threads, "
         f"commit {env['commit']}; {time.monotonic() - t0:.0f}s\n"
     )
-    rows = csv_rows(results, env)
     print(console_table(rows))
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    append_csv(args.out / "results.csv", rows)
     try:
         plots = plot_run(rows, args.out)
     except ImportError as e:  # matplotlib is optional: the CSV and the table are the results
@@ -164,10 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nwrote {args.out / 'results.csv'}, {md_path.name}, " + ", ".join(p.name for p in plots)
     )
-    failed = [r for r in results if r.provider in FUSED_BACKENDS and r.status in ("WRONG", "error")]
-    for r in {(r.provider, r.case.id): r for r in failed}.values():
-        print(f"FAILED {r.provider} on {r.case.id}: {r.status}: {r.detail}")
-    return 1 if failed else 0
+    failed = [
+        r for r in rows if r["provider"] in FUSED_BACKENDS and r["status"] in ("WRONG", "error")
+    ]
+    for r in {(r["provider"], r["case"]): r for r in failed}.values():
+        print(f"FAILED {r['provider']} on {r['case']}: {r['status']}: {r['detail']}")
+    return 130 if interrupted else 1 if failed else 0
 
 
 if __name__ == "__main__":

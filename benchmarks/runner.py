@@ -6,6 +6,12 @@ against the float64 :class:`~benchmarks.check.Oracle`; a provider that fails is 
 ``WRONG`` and is not timed. Passing providers are timed in two loops: inference (no_grad
 forward) and training (forward, then backward with fixed upstream gradients), which yields the
 four modes ``infer``, ``train_fwd``, ``bwd`` and ``fwd_bwd``.
+
+On the CPU the passing providers of a case are timed interleaved (one call of each in turn,
+timing.measure_interleaved), and a provider's speedup is the median over repetitions of torch's
+time / its time in the same repetition, with the 20th-80th percentile spread of those ratios:
+load from other processes that drifts during the case hits both sides of every ratio alike.
+On CUDA each provider is timed in its own loop and the speedup is the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -20,7 +26,15 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from .cases import Case
 from .check import Inputs, Oracle, call_once, make_inputs, make_torch_module, state_of
 from .providers import Built, Provider
-from .timing import Clock, Stats, TimingConfig, measure, peak_memory_mb
+from .timing import (
+    Clock,
+    RatioStats,
+    Stats,
+    TimingConfig,
+    measure,
+    measure_interleaved,
+    peak_memory_mb,
+)
 
 MODES = ("infer", "train_fwd", "bwd", "fwd_bwd")
 
@@ -38,6 +52,7 @@ class Result:
     mean_len: float | None = None
     stats: Stats | None = None
     speedup: float | None = None  # torch's median / this median (same case and mode)
+    ratio: RatioStats | None = None  # CPU: per-repetition torch / this, interleaved
     peak_mb: float | None = None
     detail: str = ""  # the check verdict, the skip reason or the error
     stat: str = "median"  # the statistic that us_per_step and speedup use ("median" or "min")
@@ -108,12 +123,8 @@ class Steps:
         return [m0, m1, clock.mark()]
 
 
-def _run_provider(prov, case, torch_module, inputs, oracle, device, cfg, clock, log):
-    """(status, detail, stats per mode, (infer peak, train peak)) of one provider on a case."""
-    none = (None,) * len(MODES), (None, None)
-    why = prov.skip_reason(case, device)
-    if why is not None:
-        return ("skip", why, *none)
+def _check_provider(prov, case, torch_module, inputs, oracle, log):
+    """(status, detail, Steps or None): build the provider and check it against the oracle."""
     try:
         built = prov.build(torch_module, case)
         verdicts = [
@@ -122,28 +133,36 @@ def _run_provider(prov, case, torch_module, inputs, oracle, device, cfg, clock, 
         ]
     except Exception as e:  # noqa: BLE001 - any failure is reported, not raised
         if type(e).__name__ == "BackendUnavailableError":
-            return ("skip", _short(e), *none)
+            return "skip", _short(e), None
         log(f"  {prov.name}: {traceback.format_exc(limit=-3)}")
-        return ("error", _short(e), *none)
+        return "error", _short(e), None
     detail = "; ".join(
         f"{'train' if i else 'infer'} {v.describe()}" for i, v in enumerate(verdicts)
     )
     if not all(v.ok for v in verdicts):
-        return ("WRONG", detail, *none)
-    try:
-        steps = Steps(case, built, inputs)
-        (infer,) = measure(steps.infer, clock, cfg)
-        train_fwd, bwd, fwd_bwd = measure(steps.train, clock, cfg, ((0, 1), (1, 2), (0, 2)))
-        peaks = (
-            peak_memory_mb(lambda: steps.infer(clock), device),
-            peak_memory_mb(lambda: steps.train(clock), device),
-        )
-    except Exception as e:  # noqa: BLE001
-        log(f"  {prov.name}: {traceback.format_exc(limit=-3)}")
-        return ("error", _short(e), *none)
+        return "WRONG", detail, None
     if built.note:
         detail += f"; {built.note}"
-    return "ok", detail, (infer, train_fwd, bwd, fwd_bwd), peaks
+    return "ok", detail, Steps(case, built, inputs)
+
+
+def _time_one(steps, device, cfg, clock):
+    """Stats per mode and (infer peak, train peak) of one provider timed on its own."""
+    (infer,) = measure(steps.infer, clock, cfg)
+    train_fwd, bwd, fwd_bwd = measure(steps.train, clock, cfg, ((0, 1), (1, 2), (0, 2)))
+    peaks = (
+        peak_memory_mb(lambda: steps.infer(clock), device),
+        peak_memory_mb(lambda: steps.train(clock), device),
+    )
+    return (infer, train_fwd, bwd, fwd_bwd), peaks
+
+
+def _time_interleaved(steps: dict, cfg, clock):
+    """{name: samples per mode (MODES order)}: every provider's calls interleaved."""
+    infer = measure_interleaved({n: s.infer for n, s in steps.items()}, clock, cfg)
+    spans = ((0, 1), (1, 2), (0, 2))
+    train = measure_interleaved({n: s.train for n, s in steps.items()}, clock, cfg, spans)
+    return {n: [infer[n][0], *train[n]] for n in steps}
 
 
 def run_case(
@@ -175,13 +194,37 @@ def run_case(
                        detail=detail)
             )  # fmt: skip
 
+    checked = {}  # name -> (status, detail, Steps or None), in provider order
     for prov in providers:
         if not case.wants(prov.name):
             continue
-        status, detail, stats, peaks = _run_provider(
-            prov, case, torch_module, inputs, oracle, device, cfg, clock, log
+        why = prov.skip_reason(case, device)
+        checked[prov.name] = (
+            ("skip", why, None)
+            if why is not None
+            else _check_provider(prov, case, torch_module, inputs, oracle, log)
         )
-        emit(prov.name, status, detail, stats, peaks)
+    none = (None,) * len(MODES), (None, None)
+    timed = {n: c[2] for n, c in checked.items() if c[2] is not None}
+    samples = {}
+    if device == "cpu" and timed:
+        try:
+            samples = _time_interleaved(timed, cfg, clock)
+        except Exception as e:  # noqa: BLE001
+            log(f"  interleaved timing: {traceback.format_exc(limit=-3)}")
+            checked = {n: (("error", _short(e), None) if n in timed else c)
+                       for n, c in checked.items()}  # fmt: skip
+    for name, (status, detail, steps) in checked.items():
+        stats, peaks = none
+        if steps is not None and device == "cpu" and name in samples:
+            stats = tuple(Stats.of(v) for v in samples[name])
+        elif steps is not None:
+            try:
+                stats, peaks = _time_one(steps, device, cfg, clock)
+            except Exception as e:  # noqa: BLE001
+                log(f"  {name}: {traceback.format_exc(limit=-3)}")
+                status, detail = "error", _short(e)
+        emit(name, status, detail, stats, peaks)
         if device == "cuda":
             torch.cuda.empty_cache()  # also after an error, so one OOM does not cascade
 
@@ -190,6 +233,10 @@ def run_case(
         r.stat = stat
         if r.stats is not None and r.mode in base:
             r.speedup = base[r.mode] / r.stats.ms(stat)
+        if "torch" in samples and r.provider in samples and r.stats is not None:
+            i = MODES.index(r.mode)
+            r.ratio = RatioStats.of(samples["torch"][i], samples[r.provider][i])
+            r.speedup = r.ratio.median
     return results
 
 
@@ -203,18 +250,30 @@ def run_grid(
     budget_s: float | None = None,
     log=print,
     stat: str = "median",
+    estimate=None,
+    on_case=None,
 ) -> tuple[list[Result], list[Case]]:
-    """Run ``cases`` in order until ``budget_s`` runs out; returns (results, cases not run)."""
+    """Run ``cases`` in order within ``budget_s``; returns (results, cases not run).
+
+    With ``estimate(case) -> seconds``, a case that would not finish inside what is left of the
+    budget is not started (a later, cheaper one may still be); without, cases start until the
+    budget is spent. ``on_case(results)`` is called as each case finishes (the CLI appends its
+    CSV rows there, so a run stopped from outside keeps every finished case)."""
     start = time.monotonic()
     results, left = [], []
     for i, case in enumerate(cases):
-        if budget_s is not None and time.monotonic() - start > budget_s:
-            left = cases[i:]
-            log(f"budget of {budget_s:.0f}s spent: {len(left)} case(s) not run")
-            break
+        if budget_s is not None:
+            spare = budget_s - (time.monotonic() - start)
+            need = estimate(case) if estimate is not None else 0.0
+            if spare <= 0 or need > spare:
+                left.append(case)
+                log(f"[{i + 1}/{len(cases)}] {case.id}: not run (~{need:.0f}s > {spare:.0f}s left)")
+                continue
         t0 = time.monotonic()
         rs = run_case(case, providers, device, cfg, seed, data_dir, log, stat)
         results += rs
+        if on_case is not None:
+            on_case(rs)
         log(
             f"[{i + 1}/{len(cases)}] {case.id}: {time.monotonic() - t0:.1f}s  "
             + "  ".join(f"{r.provider}={r.status}" for r in rs if r.mode == "fwd_bwd")

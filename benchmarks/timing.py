@@ -12,6 +12,11 @@ backward and forward+backward times together, each from the same iterations.
 Each loop warms up first (the first calls compile Triton kernels, build cuDNN plans, run
 torch.compile), then sizes the number of repetitions so the loop lasts about ``target_s``,
 within [min_reps, max_reps]. Results are medians with the 20th and 80th percentiles as spread.
+
+On the CPU, providers are compared with :func:`measure_interleaved`: one call of each in turn
+(A B A B ...), so load that drifts during the loop (other processes on a shared machine) lands
+on both sides alike, and :func:`ratio_stats` reports the median of the per-repeat ratios with
+its spread.
 """
 
 from __future__ import annotations
@@ -109,6 +114,49 @@ def measure(
     all_marks = [step(clock) for _ in range(reps)]
     clock.sync()
     return [Stats.of([clock.ms(m[i], m[j]) for m in all_marks]) for i, j in spans]
+
+
+def measure_interleaved(
+    steps: dict[str, Callable[[Clock], list]],
+    clock: Clock,
+    cfg: TimingConfig,
+    spans: Sequence[tuple[int, int]] = ((0, 1),),
+) -> dict[str, list[list[float]]]:
+    """Like :func:`measure` for several providers at once, interleaved: each repetition calls
+    every step once, in turn. Returns ``{name: [samples_ms of span 0, of span 1, ...]}`` with
+    sample r of every provider from the same repetition r (see :func:`ratio_stats`)."""
+    per_call = 0.0
+    for _ in range(max(1, cfg.warmup)):
+        for step in steps.values():
+            t0 = time.perf_counter()
+            step(clock)
+            clock.sync()
+            per_call += time.perf_counter() - t0
+    per_call /= max(1, cfg.warmup)  # one repetition of all providers
+    reps = int(min(cfg.max_reps, max(cfg.min_reps, cfg.target_s / max(per_call, 1e-6))))
+    marks: dict[str, list] = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            marks[name].append(step(clock))
+            clock.sync()
+    return {
+        name: [[clock.ms(m[i], m[j]) for m in ms] for i, j in spans] for name, ms in marks.items()
+    }
+
+
+@dataclass(frozen=True)
+class RatioStats:
+    """base / provider time over paired repetitions: median and 20th / 80th percentiles."""
+
+    median: float
+    p20: float
+    p80: float
+    n: int
+
+    @staticmethod
+    def of(base_ms: Sequence[float], ms: Sequence[float]) -> RatioStats:
+        r = Stats.of([a / b for a, b in zip(base_ms, ms)])
+        return RatioStats(r.median_ms, r.p20_ms, r.p80_ms, r.n)
 
 
 def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:

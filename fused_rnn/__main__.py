@@ -19,6 +19,7 @@ from torch import nn
 from . import __version__
 from .backends import AUTO_ORDER, backend_status, resolve_backend
 from .modules import GRU, LSTM
+from .ops import load_library
 
 # Kept small so the interpreter-run Triton backend (CPU) finishes in seconds.
 PARITY_SHAPE = dict(T=6, B=3, I=5, H=8)
@@ -41,15 +42,24 @@ def _environment() -> list[tuple[str, str]]:
         rows.append(("cuda", f"{torch.version.cuda}, {props.name}, sm_{props.major}{props.minor}"))
     else:
         rows.append(("cuda", "no CUDA device" + ("" if torch.version.cuda else " (CPU torch)")))
-    try:
-        from . import _C  # noqa: F401
-
-        ext = "fused_rnn._C loaded"
-    except ImportError as e:
-        ext = f"fused_rnn._C missing ({e})"
-    rows.append(("extension", ext))
+    why = load_library()  # checks the torch it was built for before loading it
+    rows.append(("extension", "fused_rnn._C loaded" if why is None else f"not loaded: {why}"))
     rows.append(("cpu threads", str(torch.get_num_threads())))
+    rows.append(("cpu isa", _cpu_isa()))
     return rows
+
+
+def _cpu_isa() -> str:
+    """The CPU class, the GEMM path the cpp kernels use on it and why (fused_rnn._C's report),
+    and the class fused_rnn.cpu_policy keys its table on."""
+    from .cpu_policy import isa_class
+    from .ops import load_library
+
+    policy = f"policy class {isa_class()}"
+    if load_library() is not None:
+        return f"{policy} (cpp kernels not built)"
+    host, path, why = torch.ops.fused_rnn.cpu_isa()
+    return f"{host}; cpp GEMM path: {path} ({why}); {policy}"
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -108,6 +118,8 @@ def main(argv=None) -> int:
         print(f"  {k:12s} {v}")
 
     print(f"== backends (auto order on {dev}: {' > '.join(AUTO_ORDER.get(dev, ()))})")
+    if dev == "cpu":
+        print("  (auto puts cpp or native first per case, from fused_rnn.cpu_policy's table)")
     status = backend_status()
     for name, why in status.items():
         print(f"  {name:10s} {'available' if why is None else 'unavailable: ' + why}")

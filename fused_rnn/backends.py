@@ -2,44 +2,52 @@
 
 The backend contract
 ====================
-Every backend implements the same four functions for ONE layer in ONE direction over a whole
-(padded, time-major) sequence. Everything above it -- autograd, layer and direction stacking,
-dropout, reversal of the backward direction, PackedSequence handling, validation -- is written
-once in :mod:`fused_rnn.autograd` and :mod:`fused_rnn.functional`.
+Every backend implements the same two functions, for every cell (fused_rnn.cells), for ONE layer
+in ONE direction over a whole (padded, time-major) sequence. Everything above it -- autograd,
+layer and direction stacking, dropout, reversal of the backward direction, PackedSequence
+handling, autocast, validation -- is written once in :mod:`fused_rnn.autograd` and
+:mod:`fused_rnn.functional`.
 
-Dimension legend: T time steps, B batch, I input features, H hidden size, P output size of the
-LSTM (``proj_size`` if > 0 else H), G gates (4 for LSTM in order i, f, g, o; 3 for GRU in order
-r, z, n -- exactly torch's layouts, so nn.LSTM / nn.GRU weights are used as they are).
+Dimension legend: T time steps, B batch, I input features, H hidden size, P output size
+(``proj_size`` if > 0 else H; LSTM only), G gates (``cell.gates``: 4 for LSTM in order i, f, g, o;
+3 for GRU in order r, z, n; 1 for the Elman RNN -- exactly torch's layouts, so nn.LSTM / nn.GRU /
+nn.RNN weights are used as they are).
 
-``lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved) -> (y, hn, cn, saved)``
+``fwd(cell, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved) -> (y, hn, saved)``
+    cell    a :class:`fused_rnn.cells.Cell`
     x       (T, B, I)  contiguous, dtype one of float16 / bfloat16 / float32 / float64
-    h0      (B, P)     same dtype and device as x
-    c0      (B, H)
-    w_ih    (4H, I)    w_hh (4H, P)
-    b_ih    (4H,) or None;  b_hh (4H,) or None (both None or both tensors)
-    w_hr    (P, H) or None (projection; only when the backend's ``supports`` accepted it)
+    hx      tuple of ``cell.n_states`` states in x's dtype and device: LSTM ``(h0 (B, P),
+            c0 (B, H))``, the others ``(h0 (B, H),)``
+    w_ih    (G*H, I)    w_hh (G*H, P)
+    b_ih    (G*H,) or None;  b_hh (G*H,) or None (both None or both tensors). GRU: b_hh holds
+            nn.GRU's separate b_hn in its last H rows:
+            n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+    w_hr    (P, H) or None (LSTM projection; only when the backend's ``supports`` accepted it)
     lengths None (every sequence has T steps) or int64 (B,) on x's device, 1 <= lengths[b] <= T
     need_saved  False when no gradient will be asked for: the backend may then skip storing
             activations (inference) and return ``saved=()``.
     returns y (T, B, P) in x's dtype with y[t, b] = 0 for t >= lengths[b];
-            hn (B, P), cn (B, H): the state after step lengths[b]-1 of each sequence;
-            saved: a tuple of tensors, whatever the backend needs for its backward (the input
-            projection hoisted out of the loop, gate activations, ... -- the backend's choice).
-``lstm_bwd(saved, dy, dhn, dcn) -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)``
-    dy (T, B, P), dhn (B, P), dcn (B, H): always real tensors (zeros where nothing flowed).
-    Gradients have the shapes and dtypes of the corresponding inputs; db_* and dw_hr may be None
-    where the input was None (the autograd layer drops gradients of absent inputs anyway).
-    dy[t, b] for t >= lengths[b] must be ignored (y is constant 0 there).
-``gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, need_saved) -> (y, hn, saved)``
-    as above with G=3 and no cell state; b_hh holds nn.GRU's separate b_hn in its last H rows:
-    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
-``gru_bwd(saved, dy, dhn) -> (dx, dh0, dw_ih, dw_hh, db_ih, db_hh)``
+            hn: a tuple like hx, the state after step lengths[b]-1 of each sequence;
+            saved: a tuple of tensors (or None), whatever the backend needs for its backward.
+``bwd(cell, saved, dy, dhn) -> (dx, dhx, dw_ih, dw_hh, db_ih, db_hh, dw_hr)``
+    dy (T, B, P), dhn a tuple like hx: always real tensors (zeros where nothing flowed).
+    dhx is a tuple like hx. Gradients have the shapes and dtypes of the corresponding inputs;
+    db_* and dw_hr may be None where the input was None (the autograd layer drops gradients of
+    absent inputs anyway). dy[t, b] for t >= lengths[b] must be ignored (y is constant 0 there).
+
+Cell math is torch's: LSTM as nn.LSTM (with a projection h = W_hr (o * tanh(c))), GRU as nn.GRU,
+the Elman RNN h' = act(W_ih x + b_ih + W_hh h + b_hh) with act tanh or relu.
 
 Backends must accumulate in float32 (or float64 for float64 inputs) and hold the recurrent state
 in at least float32 for float16 / bfloat16 inputs.
 
+A backend may instead run a whole multi-layer stack (``run_stack``, see fused_rnn.native): it
+then owns autograd for it.
+
 A backend also answers ``available() -> str | None`` (None when usable, else the reason and how
 to fix it) and ``supports(cell, x, has_proj) -> str | None`` (None when it can run that case).
+Backends written before the cell-generic contract (per-cell ``lstm_fwd`` / ``gru_fwd`` methods)
+are wrapped by :class:`_PerCellBackend` when registered.
 
 Selection
 =========
@@ -57,10 +65,12 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
+
+from .cells import Cell, cell_for_mode
 
 __all__ = [
     "AUTO_ORDER",
@@ -79,7 +89,7 @@ ENV_VAR = "FUSED_RNN_BACKEND"
 # Fastest first. The reference backend is the last resort everywhere.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("cuda", "triton", "reference"),
-    "cpu": ("cpp", "reference"),
+    "cpu": ("cpp", "native", "reference"),
 }
 
 
@@ -93,15 +103,57 @@ class Backend(Protocol):
 
     def available(self) -> str | None: ...
 
-    def supports(self, cell: str, x: torch.Tensor, has_proj: bool) -> str | None: ...
+    def supports(self, cell: Cell, x: torch.Tensor, has_proj: bool) -> str | None: ...
 
-    def lstm_fwd(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved): ...
+    def fwd(self, cell, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved): ...
 
-    def lstm_bwd(self, saved, dy, dhn, dcn): ...
+    def bwd(self, cell, saved, dy, dhn): ...
 
-    def gru_fwd(self, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, need_saved): ...
 
-    def gru_bwd(self, saved, dy, dhn): ...
+class _PerCellBackend:
+    """The cell-generic contract over a backend that still has per-cell LSTM / GRU methods
+    (``lstm_fwd(x, h0, c0, ...)`` etc.): it runs those two cells and declines the others."""
+
+    def __init__(self, be) -> None:
+        self._be = be
+        self.name = be.name
+
+    def __getattr__(self, attr):  # everything else (tuning knobs, helpers) is the backend's
+        return getattr(self._be, attr)
+
+    def available(self) -> str | None:
+        return self._be.available()
+
+    def supports(self, cell, x: torch.Tensor, has_proj: bool) -> str | None:
+        cell = as_cell(cell)
+        if cell.name not in ("lstm", "gru"):
+            return f"the {cell.name} cell is not implemented by this backend"
+        return self._be.supports(cell.name, x, has_proj)
+
+    def fwd(self, cell, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
+        if cell.is_lstm:
+            y, hn, cn, saved = self._be.lstm_fwd(
+                x, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved
+            )
+            return y, (hn, cn), saved
+        y, hn, saved = self._be.gru_fwd(x, hx[0], w_ih, w_hh, b_ih, b_hh, lengths, need_saved)
+        return y, (hn,), saved
+
+    def bwd(self, cell, saved, dy, dhn):
+        if cell.is_lstm:
+            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = self._be.lstm_bwd(saved, dy, *dhn)
+            return dx, (dh0, dc0), dw_ih, dw_hh, db_ih, db_hh, dw_hr
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = self._be.gru_bwd(saved, dy, dhn[0])
+        return dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh, None
+
+
+def _as_backend(be):
+    return be if hasattr(be, "fwd") or hasattr(be, "run_stack") else _PerCellBackend(be)
+
+
+def as_cell(cell: Cell | str) -> Cell:
+    """A Cell from a Cell, a cell name ("lstm") or an nn.RNNBase mode ("RNN_TANH")."""
+    return cell if isinstance(cell, Cell) else cell_for_mode(cell)
 
 
 # name -> zero-argument factory returning the Backend. Factories import lazily, so that
@@ -113,7 +165,7 @@ _scope = threading.local()
 _warned: set[tuple[str, str]] = set()
 
 
-def register_backend(name: str, factory) -> None:
+def register_backend(name: str, factory: Callable[[], Backend]) -> None:
     """Register ``factory() -> Backend`` under ``name`` (replacing any earlier one)."""
     _FACTORIES[name] = factory
     _INSTANCES.pop(name, None)
@@ -123,7 +175,7 @@ def register_backend(name: str, factory) -> None:
 def _instance(name: str) -> Backend | None:
     if name not in _INSTANCES and name not in _LOAD_ERRORS:
         try:
-            _INSTANCES[name] = _FACTORIES[name]()
+            _INSTANCES[name] = _as_backend(_FACTORIES[name]())
         except Exception as e:  # noqa: BLE001 - any import failure makes it unavailable
             _LOAD_ERRORS[name] = f"failed to load: {type(e).__name__}: {e}"
     return _INSTANCES.get(name)
@@ -185,11 +237,16 @@ def _warn_once(key: tuple[str, str], msg: str) -> None:
         warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
-def resolve_backend(name: str, cell: str, x: torch.Tensor, has_proj: bool = False) -> Backend:
-    """The backend that runs ``cell`` ("lstm" or "gru") on input ``x`` for the requested name.
+def resolve_backend(
+    name: str, cell: Cell | str, x: torch.Tensor, has_proj: bool = False, packed: bool = False
+) -> Backend:
+    """The backend that runs ``cell`` (a Cell, or a name such as "lstm") on input ``x`` for the
+    requested name.
 
-    Explicit names raise if they cannot run the case; "auto" walks AUTO_ORDER.
+    Explicit names raise if they cannot run the case; "auto" walks AUTO_ORDER, which on the CPU
+    fused_rnn.cpu_policy reorders per case (``packed``: the batch has per-sequence lengths).
     """
+    cell = as_cell(cell)
     req = _requested(name)
     if req != "auto":
         be = get_backend(req)
@@ -200,6 +257,10 @@ def resolve_backend(name: str, cell: str, x: torch.Tensor, has_proj: bool = Fals
             )
         return be
     order = AUTO_ORDER.get(x.device.type, ("triton", "reference"))
+    if x.device.type == "cpu":
+        from .cpu_policy import order_for
+
+        order = order_for(order, cell, x, has_proj, packed).order
     skipped = []
     for cand in order:
         if cand not in _FACTORIES:
@@ -243,7 +304,13 @@ def _register_builtin() -> None:
 
         return TritonBackend()
 
+    def native():
+        from .native import NativeBackend
+
+        return NativeBackend()
+
     register_backend("reference", reference)
+    register_backend("native", native)
     register_backend("cpp", cpp)
     register_backend("cuda", cuda)
     register_backend("triton", triton_)

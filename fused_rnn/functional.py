@@ -1,10 +1,10 @@
-"""Functional LSTM / GRU: layers, directions, dropout and lengths stacked over the backend
+"""Functional LSTM / GRU / RNN: layers, directions, dropout and lengths stacked over the backend
 contract (fused_rnn.backends), one layer-direction at a time through fused_rnn.autograd.
 
 Dimension legend: T steps, B batch, I input, H hidden, P LSTM output (proj_size or H),
 L layers, D directions (1 or 2).
 
-Public entry points ``lstm`` and ``gru`` take a padded batch plus optional per-sequence
+Public entry points ``lstm``, ``gru`` and ``rnn`` take a padded batch plus optional per-sequence
 lengths; the modules (fused_rnn.modules) turn a PackedSequence into that form.
 """
 
@@ -13,14 +13,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .autograd import gru_layer, lstm_layer
-from .backends import resolve_backend
+from .amp import autocast_dtype, cast_inputs, output_dtypes
+from .autograd import run_layer
+from .backends import as_cell, get_backend, resolve_backend
+from .cells import Cell
 
-__all__ = ["gru", "lstm", "rnn_forward"]
+__all__ = ["gru", "lstm", "rnn", "rnn_forward"]
 
 
 def _reverse_index(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
@@ -72,8 +75,20 @@ def _normalise_lengths(lengths: Tensor | None, T: int, B: int, device) -> Tensor
     return lengths.to(device=device, dtype=torch.long, non_blocking=True)
 
 
+def _transforms_active(tensors) -> bool:
+    """True under a torch.func transform (grad, vjp, jacrev, jvp, vmap) or with forward-mode
+    dual tensors: the fused kernels have no rules for those, the reference's plain ops do."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        return True
+    if fwAD._current_level >= 0:
+        return any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
+    return False
+
+
 def rnn_forward(
-    mode: str,
+    mode: str | Cell,
     input: Tensor,
     hx: Sequence[Tensor],
     weights: Sequence[Sequence[Tensor | None]],
@@ -85,13 +100,16 @@ def rnn_forward(
     lengths: Tensor | None = None,
     backend: str = "auto",
     packed_dropout: bool = False,
+    is_cell: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """Run a multi-layer, possibly bidirectional LSTM or GRU over a padded batch.
+    """Run a multi-layer, possibly bidirectional recurrent stack of one cell over a padded batch.
 
     Args:
-        mode: "lstm" or "gru".
+        mode: the cell: a :class:`fused_rnn.cells.Cell`, its name ("lstm", "gru", "rnn_tanh",
+            "rnn_relu") or nn.RNNBase's mode string ("LSTM", "RNN_TANH", ...).
         input: (T, B, I), or (B, T, I) with ``batch_first``.
-        hx: LSTM ``(h0 (L*D, B, P), c0 (L*D, B, H))``; GRU ``(h0 (L*D, B, H),)``.
+        hx: the initial states, each (L*D, B, *): LSTM ``(h0 (L*D, B, P), c0 (L*D, B, H))``,
+            the others ``(h0 (L*D, B, H),)``.
         weights: L*D entries in nn.LSTM's order (layer-major, forward before reverse), each
             ``(w_ih, w_hh, b_ih, b_hh, w_hr)`` with None for absent biases / projection.
         lengths: optional (B,) integer lengths, 1 <= lengths[b] <= T. Outputs past a sequence's
@@ -99,22 +117,20 @@ def rnn_forward(
         packed_dropout: draw the between-layer dropout masks over the packed data, as torch
             does for PackedSequence input, so a seeded run matches nn.LSTM's masks exactly
             (needs CPU ``lengths`` sorted in decreasing order, as a PackedSequence has).
+        is_cell: the call is one step of an nn.*Cell (only autocast's output dtypes differ).
 
     Returns:
         output (T, B, D*P) (batch-first if asked) and the final states shaped like ``hx``.
+
+    Under ``torch.autocast`` the outputs have the dtypes torch's module gives (fused_rnn.amp).
+    Under torch.func transforms, forward-mode AD, and for empty sizes (B, H or I = 0) the layers
+    run the reference's plain PyTorch ops, which every transform understands.
     """
-    is_lstm = mode == "lstm"
+    cell = as_cell(mode)
     x = input.transpose(0, 1) if batch_first else input
-    T, B = x.shape[0], x.shape[1]
-    if T == 0:
+    if x.shape[0] == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    D = 2 if bidirectional else 1
     w0 = weights[0]
-    has_proj = is_lstm and w0[4] is not None
-    if B == 0:  # nothing to run; shapes as torch returns them
-        P = w0[4].shape[0] if has_proj else w0[1].shape[1]
-        out = x.new_empty((T, 0, D * P))
-        return (out.transpose(0, 1) if batch_first else out), tuple(h.clone() for h in hx)
     if x.device != w0[0].device:
         raise RuntimeError(
             "Input and parameter tensors are not at the same device, found input tensor at "
@@ -126,27 +142,92 @@ def rnn_forward(
                 "Input and hidden tensors are not at the same device, found input tensor at "
                 f"{x.device} and hidden tensor at {h.device}"
             )
+    has_proj = cell.is_lstm and w0[4] is not None
+    amp = autocast_dtype(x)
+    if amp is None:
+        return _run_stack(
+            cell,
+            x,
+            tuple(hx),
+            weights,
+            num_layers,
+            dropout,
+            training,
+            bidirectional,
+            batch_first,
+            lengths,
+            backend,
+            packed_dropout,
+            has_proj,
+        )
+    want = output_dtypes(
+        cell, x.device.type, amp, x.dtype, [h.dtype for h in hx], has_proj, is_cell
+    )
+    x, hx, weights = cast_inputs(x, hx, weights, amp)
+    with torch.autocast(x.device.type, enabled=False):
+        out, states = _run_stack(
+            cell,
+            x,
+            hx,
+            weights,
+            num_layers,
+            dropout,
+            training,
+            bidirectional,
+            batch_first,
+            lengths,
+            backend,
+            packed_dropout,
+            has_proj,
+        )
+    return out.to(want[0]), tuple(s.to(d) for s, d in zip(states, want[1:]))
+
+
+def _run_stack(
+    cell: Cell,
+    x: Tensor,
+    hx: tuple[Tensor, ...],
+    weights,
+    num_layers: int,
+    dropout: float,
+    training: bool,
+    bidirectional: bool,
+    batch_first: bool,
+    lengths: Tensor | None,
+    backend: str,
+    packed_dropout: bool,
+    has_proj: bool,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """rnn_forward past validation and autocast; x is time-major (T, B, I)."""
+    T, B = x.shape[0], x.shape[1]
+    D = 2 if bidirectional else 1
     lens = _normalise_lengths(lengths, T, B, x.device)
-    be = resolve_backend(backend, mode, x, has_proj)
+    flat = [t for w in weights for t in w]
+    if (
+        B == 0
+        or x.shape[2] == 0
+        or weights[0][1].shape[0] == 0
+        or _transforms_active((x, *hx, *flat))
+    ):
+        be = get_backend("reference")
+    else:
+        be = resolve_backend(backend, cell, x, has_proj, packed=lens is not None)
+    if hasattr(be, "run_stack"):  # a backend that runs the whole stack itself (native)
+        out, states = be.run_stack(
+            cell, x, hx, weights, num_layers, dropout, training, bidirectional, False, lens
+        )
+        return (out.transpose(0, 1) if batch_first else out), states
     rev = _reverse_index(lens, T, B, x.device) if bidirectional else None
 
-    h_out: list[Tensor] = []
-    c_out: list[Tensor] = []
+    finals: list[tuple[Tensor, ...]] = []
     layer_in = x.contiguous()
     for layer in range(num_layers):
         ys = []
         for d in range(D):
             k = layer * D + d
-            w_ih, w_hh, b_ih, b_hh, w_hr = weights[k]
             xin = layer_in if d == 0 else _time_reverse(layer_in, rev).contiguous()
-            if is_lstm:
-                y, hn, cn = lstm_layer(
-                    be, xin, hx[0][k], hx[1][k], w_ih, w_hh, b_ih, b_hh, w_hr, lens
-                )
-                c_out.append(cn)
-            else:
-                y, hn = gru_layer(be, xin, hx[0][k], w_ih, w_hh, b_ih, b_hh, lens)
-            h_out.append(hn)
+            y, hn = run_layer(be, cell, xin, tuple(h[k] for h in hx), *weights[k], lens)
+            finals.append(hn)
             ys.append(y if d == 0 else _time_reverse(y, rev))
         layer_in = ys[0] if D == 1 else torch.cat(ys, 2)
         if dropout > 0 and training and layer < num_layers - 1:
@@ -155,9 +236,7 @@ def rnn_forward(
             else:
                 layer_in = F.dropout(layer_in, p=dropout, training=True)
     out = layer_in.transpose(0, 1) if batch_first else layer_in
-    states = (torch.stack(h_out, 0),)
-    if is_lstm:
-        states = states + (torch.stack(c_out, 0),)
+    states = tuple(torch.stack([f[i] for f in finals], 0) for i in range(cell.n_states))
     return out, states
 
 
@@ -245,6 +324,56 @@ def gru(
         hx = _default_state(input, batch_first, num_layers * D, weights[0][1].shape[1])
     out, (hn,) = rnn_forward(
         "gru",
+        input,
+        (hx,),
+        weights,
+        num_layers,
+        dropout,
+        training,
+        bidirectional,
+        batch_first,
+        lengths,
+        backend,
+    )
+    return out, hn
+
+
+def rnn(
+    input: Tensor,
+    weights: Sequence[Sequence[Tensor | None]],
+    hx: Tensor | None = None,
+    *,
+    nonlinearity: str = "tanh",
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    batch_first: bool = False,
+    lengths: Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Functional multi-layer Elman RNN, h' = act(W_ih x + b_ih + W_hh h + b_hh), over a padded
+    batch.
+
+    Args:
+        input: (T, B, I), or (B, T, I) with ``batch_first``.
+        weights: L*D tuples ``(w_ih (H, I_l), w_hh (H, H), b_ih (H,) | None, b_hh (H,) | None)``
+            (a fifth entry, if present, must be None), ordered like nn.RNN's parameters.
+        hx: optional h0 (L*D, B, H); zeros when omitted.
+        nonlinearity: "tanh" or "relu".
+        lengths: optional (B,) lengths; see :func:`rnn_forward`.
+
+    Returns:
+        ``output (T, B, D*H)`` and ``h_n (L*D, B, H)``.
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    D = 2 if bidirectional else 1
+    weights = [tuple(w[:4]) + (None,) for w in weights]
+    if hx is None:
+        hx = _default_state(input, batch_first, num_layers * D, weights[0][1].shape[1])
+    out, (hn,) = rnn_forward(
+        f"rnn_{nonlinearity}",
         input,
         (hx,),
         weights,

@@ -1,15 +1,18 @@
-"""Drop-in modules for torch's LSTM / GRU / LSTMCell / GRUCell.
+"""Drop-in modules for torch's LSTM / GRU / RNN / LSTMCell / GRUCell / RNNCell.
 
 They inherit torch's constructor, parameters (names, shapes, initialisation), ``state_dict``,
-``repr``, ``flatten_parameters`` and argument checks, so ``load_state_dict`` works both ways.
+``flatten_parameters`` and argument checks (``repr`` too, prefixed ``fused_rnn.`` and with
+the backend), so ``load_state_dict`` works both ways.
 Only ``forward`` changes: it runs through the fused_rnn backends selected by ``backend=`` (see
 fused_rnn.backends for the selection rules).
 
-LSTM and GRU derive from ``nn.RNNBase`` (as torch's own do), not from ``nn.LSTM`` / ``nn.GRU``:
-Dynamo refuses to trace any instance of those two classes (``torch._dynamo.config.allow_rnn``),
-so subclassing them would make ``torch.compile`` break the graph at every one of our modules.
-They borrow nn.LSTM's / nn.GRU's argument checks so errors read exactly like torch's.
-The cells derive from ``nn.LSTMCell`` / ``nn.GRUCell`` directly (Dynamo traces those).
+LSTM, GRU and RNN derive from ``nn.RNNBase`` (as torch's own do), not from ``nn.LSTM`` /
+``nn.GRU`` / ``nn.RNN``: Dynamo refuses to trace any instance of those classes
+(``torch._dynamo.config.allow_rnn``), so subclassing them would make ``torch.compile`` break the
+graph at every one of our modules. They borrow torch's argument checks so errors read exactly
+like torch's. The cells derive from ``nn.LSTMCell`` / ``nn.GRUCell`` / ``nn.RNNCell`` directly
+(Dynamo traces those); a call whose arguments our checks reject is handed to torch's own cell,
+so the error a user sees is torch's, word for word.
 """
 
 from __future__ import annotations
@@ -18,23 +21,29 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .cells import Cell, cell_for_mode
+from .export import exporting_to_onnx, torch_forward
 from .functional import rnn_forward
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell"]
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell"]
 
 
 class _BackendMixin:
-    """The ``backend`` attribute every fused module carries: validated, shown in repr when not
-    "auto", and defaulted when unpickling a module saved without it."""
+    """The ``backend`` attribute every fused module carries: validated, shown in repr, and
+    defaulted when unpickling a module saved without it."""
 
     def _init_backend(self, backend: str) -> None:
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a string, got {type(backend).__name__}")
         self.backend = backend
 
+    # repr: torch's, prefixed with the package and with the backend appended, so a printed
+    # model shows that convert() ran: "fused_rnn.LSTM(10, 20, num_layers=2, backend='auto')".
+    def _get_name(self) -> str:
+        return f"fused_rnn.{type(self).__name__}"
+
     def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        return f"{super().extra_repr()}, backend={self.backend!r}"
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -42,9 +51,16 @@ class _BackendMixin:
 
 
 class _FusedRNNMixin(_BackendMixin):
-    """The forward shared by LSTM and GRU (torch's forward with the fused layers underneath)."""
+    """The forward shared by LSTM, GRU and RNN (torch's forward with the fused layers
+    underneath). The cell comes from ``nn.RNNBase.mode``."""
 
-    _mode: str  # "lstm" | "gru"
+    @property
+    def _cell(self) -> Cell:
+        return cell_for_mode(self.mode)
+
+    @property
+    def _mode(self) -> str:
+        return "lstm" if self.mode == "LSTM" else "gru" if self.mode == "GRU" else "rnn"
 
     def _layer_weights(self) -> list[tuple]:
         D = 2 if self.bidirectional else 1
@@ -63,7 +79,7 @@ class _FusedRNNMixin(_BackendMixin):
         n = self.num_layers * (2 if self.bidirectional else 1)
         out_size = self.proj_size if getattr(self, "proj_size", 0) > 0 else self.hidden_size
         h = torch.zeros(n, batch, out_size, dtype=x.dtype, device=x.device)
-        if self._mode == "gru":
+        if self._mode != "lstm":
             return (h,)
         return (h, torch.zeros(n, batch, self.hidden_size, dtype=x.dtype, device=x.device))
 
@@ -89,7 +105,7 @@ class _FusedRNNMixin(_BackendMixin):
 
     def _run(self, x: Tensor, states, lengths, batch_first: bool):
         return rnn_forward(
-            self._mode,
+            self._cell,
             x,
             states,
             self._layer_weights(),
@@ -103,12 +119,21 @@ class _FusedRNNMixin(_BackendMixin):
             packed_dropout=lengths is not None,
         )
 
-    def forward(self, input, hx=None):
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor | tuple[Tensor, Tensor]]:
+        """input (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
+        PackedSequence; hx: LSTM ``(h0 (L*D, B, P), c0 (L*D, B, H))``, GRU h0 (L*D, B, H)
+        ((L*D, ...) unbatched), None for zeros. Returns output (T, B, D*P) laid out like input
+        (packed if it was) and the final state shaped like hx (LSTM ``(h_n, c_n)``)."""
+        if exporting_to_onnx():  # torch's RNN ops, which the ONNX exporters know
+            return torch_forward(self, input, hx)
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         name = type(self).__name__
         if input.dim() not in (2, 3):
-            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            what = "D tensor instead" if self._mode == "rnn" else "D instead"  # torch's wording
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}{what}")
         batched = input.dim() == 3
         batch_dim = 0 if self.batch_first else 1
         if not batched:
@@ -153,7 +178,6 @@ class LSTM(_FusedRNNMixin, nn.RNNBase):
     hx ``(h0, c0)`` of (L*D, B, P) and (L*D, B, H). Returns ``output, (h_n, c_n)`` as torch does.
     """
 
-    _mode = "lstm"
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     check_forward_args = nn.LSTM.check_forward_args
     permute_hidden = nn.LSTM.permute_hidden
@@ -169,8 +193,6 @@ class GRU(_FusedRNNMixin, nn.RNNBase):
     Input as for :class:`LSTM`; hx h0 (L*D, B, H). Returns ``output, h_n``.
     """
 
-    _mode = "gru"
-
     def __init__(self, *args, backend: str = "auto", **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
@@ -178,45 +200,94 @@ class GRU(_FusedRNNMixin, nn.RNNBase):
         self._init_backend(backend)
 
 
-class _FusedCellMixin(_BackendMixin):
-    """One step of the cell = the sequence contract with T = 1."""
+class RNN(_FusedRNNMixin, nn.RNNBase):
+    """``torch.nn.RNN`` (Elman, tanh or relu) with fused kernels. Same arguments plus
+    ``backend="auto"``.
 
-    _mode: str
+    Input as for :class:`LSTM`; hx h0 (L*D, B, H). Returns ``output, h_n``.
+    """
 
-    def _check_cell_args(self, input: Tensor, states: tuple[Tensor, ...]) -> None:
-        if input.size(1) != self.input_size:
-            raise RuntimeError(
-                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
-            )
-        for i, s in enumerate(states):
-            if s.size(0) != input.size(0):
-                raise RuntimeError(
-                    f"Input batch size {input.size(0)} doesn't match hidden{i} batch size "
-                    f"{s.size(0)}"
-                )
-            if s.size(1) != self.hidden_size:
-                raise RuntimeError(
-                    f"hidden{i} has inconsistent hidden_size: got {s.size(1)}, "
-                    f"expected {self.hidden_size}"
-                )
-        if input.dtype != self.weight_ih.dtype:
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        # nn.RNN's own argument handling (nonlinearity is its 4th positional argument)
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
             raise ValueError(
-                f"{type(self).__name__} input dtype ({input.dtype}) does not match weight dtype "
-                f"({self.weight_ih.dtype})"
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'."
             )
+        super().__init__(mode, *args, **kwargs)
+        self._init_backend(backend)
+
+
+class _FusedCellMixin(_BackendMixin):
+    """One step of the cell = the sequence contract with T = 1.
+
+    ``_torch_cell`` is torch's class: a call our checks reject is run through its forward so
+    the error is torch's own (type and message); it raises before computing anything."""
+
+    _torch_cell: type
+
+    @property
+    def _cell(self) -> Cell:
+        if isinstance(self, nn.LSTMCell):
+            return cell_for_mode("LSTM")
+        if isinstance(self, nn.GRUCell):
+            return cell_for_mode("GRU")
+        return cell_for_mode("RNN_RELU" if self.nonlinearity == "relu" else "RNN_TANH")
+
+    def _args_ok(self, input: Tensor, hx) -> bool:
+        """Everything torch's cell (Python checks, then _VF.*_cell's) would accept."""
+        if input.dim() not in (1, 2):
+            return False
+        if getattr(self, "nonlinearity", "tanh") not in ("tanh", "relu"):
+            return False
+        n = self._cell.n_states
+        if hx is not None:
+            states = tuple(hx) if n == 2 else (hx,)
+            if len(states) != n or any(not isinstance(s, Tensor) for s in states):
+                return False
+            if any(s.dim() != input.dim() for s in states):
+                return False
+        else:
+            states = ()
+        batch = input.size(0) if input.dim() == 2 else 1
+        if input.size(-1) != self.input_size:
+            return False
+        # under autocast torch casts input, states and weights to one dtype itself
+        mixed_ok = torch.is_autocast_enabled(input.device.type)
+        w = self.weight_ih
+        for s in states:
+            if (s.size(0) if s.dim() == 2 else 1) != batch or s.size(-1) != self.hidden_size:
+                return False
+            if (s.dtype != input.dtype and not mixed_ok) or s.device != input.device:
+                return False
+        if input.dtype != w.dtype and not mixed_ok:
+            return False
+        return input.device == w.device
+
+    def _raise_like_torch(self, input: Tensor, hx) -> None:
+        self._torch_cell.forward(self, input, hx)  # raises torch's error
+        raise RuntimeError(  # torch accepted what we cannot run: say so rather than guess
+            f"{type(self).__name__}: fused_rnn cannot run this call (input {tuple(input.shape)} "
+            f"{input.dtype}); torch.nn.{type(self).__name__} can"
+        )
 
     def _cell_forward(self, input: Tensor, hx):
-        name = type(self).__name__
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        states = None if hx is None else (tuple(hx) if self._mode == "lstm" else (hx,))
-        if states is not None:
-            for i, s in enumerate(states):
-                if s.dim() not in (1, 2):
-                    label = f"hx[{i}]" if self._mode == "lstm" else "hx"
-                    raise ValueError(
-                        f"{name}: Expected {label} to be 1D or 2D, got {s.dim()}D instead"
-                    )
+        if exporting_to_onnx():  # torch's cell ops, which the ONNX exporters know
+            return torch_forward(self, input, hx)
+        if not self._args_ok(input, hx):
+            self._raise_like_torch(input, hx)
+        n = self._cell.n_states
+        states = None if hx is None else (tuple(hx) if n == 2 else (hx,))
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)
@@ -224,11 +295,10 @@ class _FusedCellMixin(_BackendMixin):
                 states = tuple(s.unsqueeze(0) for s in states)
         if states is None:
             z = input.new_zeros((input.size(0), self.hidden_size))
-            states = (z, z) if self._mode == "lstm" else (z,)
-        self._check_cell_args(input, states)
+            states = (z,) * n
         weights = [(self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)]
         _, out = rnn_forward(
-            self._mode,
+            self._cell,
             input.unsqueeze(0),
             tuple(s.unsqueeze(0) for s in states),
             weights,
@@ -239,35 +309,52 @@ class _FusedCellMixin(_BackendMixin):
             False,
             None,
             self.backend,
+            is_cell=True,
         )
         out = tuple(s.squeeze(0) for s in out)
         if not batched:
             out = tuple(s.squeeze(0) for s in out)
-        return out if self._mode == "lstm" else out[0]
+        return out if n == 2 else out[0]
 
 
 class LSTMCell(_FusedCellMixin, nn.LSTMCell):
     """``torch.nn.LSTMCell`` with fused kernels: input (B, I) or (I,), hx ``(h, c)`` of (B, H).
     Returns ``(h', c')``."""
 
-    _mode = "lstm"
+    _torch_cell = nn.LSTMCell
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self._init_backend(backend)
 
-    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+    def forward(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
         return self._cell_forward(input, hx)
 
 
 class GRUCell(_FusedCellMixin, nn.GRUCell):
     """``torch.nn.GRUCell`` with fused kernels: input (B, I) or (I,), hx (B, H). Returns h'."""
 
-    _mode = "gru"
+    _torch_cell = nn.GRUCell
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self._init_backend(backend)
 
     def forward(self, input: Tensor, hx: Tensor | None = None):
+        return self._cell_forward(input, hx)
+
+
+class RNNCell(_FusedCellMixin, nn.RNNCell):
+    """``torch.nn.RNNCell`` (tanh or relu) with fused kernels: input (B, I) or (I,), hx (B, H).
+    Returns h'."""
+
+    _torch_cell = nn.RNNCell
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         return self._cell_forward(input, hx)

@@ -1,233 +1,307 @@
 #!/usr/bin/env bash
-# The one GPU run of fused_rnn: build, GPU tests, timings, summary -- for a fresh GPU machine
-# without network (torch + CUDA, triton, nvcc already installed), in under ~8 minutes.
+# The GPU run of fused_rnn: build, kernel tests, anchor timings, parity, grid, sanitizer -- on a
+# fresh GPU machine without network (torch + CUDA, triton, nvcc; python3), inside one budget.
 #
-#   scripts/gpu_check.sh [OUT_DIR]        (default: $OUT, else ./gpu_out)
+#   FUSED_RNN_COMMIT=<hash> scripts/gpu_check.sh [OUT_DIR]   (OUT_DIR default: $OUT, else ./gpu_out)
+#   scripts/gpu_check.sh --dry-run [OUT_DIR]   every step in order on a CPU, stand-ins for the GPU
 #
-# With this workplace's device tool (at most 8 files come back from $OUT), run it as
-#   scripts/gpu_check.sh /tmp/gpu; tar czf "$OUT/gpu.tgz" -C /tmp gpu; cp /tmp/gpu/summary.md "$OUT"
+# With this workplace's device tool: run(command="FUSED_RNN_COMMIT=$(git rev-parse --short HEAD)
+# scripts/gpu_check.sh", timeout_s=600) -- with the hash written out, since .git does not travel.
 #
-# Steps (each one's exit status is recorded; a failed step does not stop the later ones):
-#   env        nvidia-smi -L, nvidia-smi, versions of python / torch / CUDA / triton / nvcc
-#   build      pip install --no-deps --no-build-isolation -e .   (compiles fused_rnn._C)
-#   pytest_gpu pytest -m gpu: GPU parity of every backend and dtype, the CUDA path checks
-#   cuda_paths the CUDA backend's persistent vs general path vs nn.LSTM/nn.GRU (cuDNN) at the
-#              TARGETS.md shapes -> cuda_paths.csv
-#   triton_paths  the Triton backend's resident / streamed / step paths vs cuDNN -> triton_paths.csv
-#   bench      python -m benchmarks.run --device cuda --full, with the time that is left
-# Writes to OUT_DIR: <step>.log, status.tsv, junit_gpu.xml, cuda_paths.csv, bench/ and
-# summary.md (statuses, device, the path timings and the benchmark's own summary).
+# What comes back: OUT_DIR holds three files only (at most 8 come back from $OUT): summary.md,
+# status.tsv and gpu_check.tgz, the archive of the work folder (every log, junit xml and CSV).
+# All three are rewritten after EVERY step, so a run stopped anywhere (a step's limit, the
+# device call's timeout) still returns everything finished before. Benchmarks append their CSV
+# rows as each case finishes. The work folder is $GPU_CHECK_WORK, else a fresh mktemp -d.
+#
+# Steps, in order; each runs under its own limit (`timeout -s INT`: pytest still writes its
+# report and junit, the benchmarks their last row) and a failed step never stops the later
+# ones. Estimates on an H200 (16 host cores) are guesses from work measured on the 2-core CPU
+# machine, not measurements; the device's own start costs minutes more before the script runs.
+#   step      limit  H200 estimate  what
+#   env         60s   ~10 s   versions, TF32 flags, device, pytest plugins (-> env.sh)
+#   build      300s   ~60-120 s  pip install --no-deps --no-build-isolation --no-index -e .
+#                              (FUSED_RNN_REQUIRE_CUDA=1; ~63 s of single-core compile work,
+#                              in parallel under MAX_JOBS), then a check that every op has a
+#                              CUDA kernel
+#   kernels    180s   ~60-120 s  pytest -m gpu: test_cuda_compile, test_triton_kernels, test_ops
+#                              (cold Triton compiles), several workers
+#   anchors    180s   ~60-120 s  python -m benchmarks.paths: TARGETS.md anchors (LSTM/GRU H=768
+#                              B=16 T=1024 bf16/fp16, fastrnns fp32) on every CUDA/Triton path
+#                              and on cuDNN (fp32 with TF32 off and on), each row checked
+#   parity     150s   ~40-90 s   pytest -m gpu tests/test_parity.py -k full_shapes
+#   gpu_tests  150s   ~60-150 s  pytest -m gpu: every other test file (module-level GPU tests)
+#   grid      rest    the time left, less the sanitizer's reserve: benchmarks.run --full
+#   sanitizer  150s   ~40-90 s   compute-sanitizer memcheck + racecheck, one tiny persistent
+#                              forward + backward per cell, filtered to our kernels
+# A step's limit is the smaller of its own and what is left of GPU_CHECK_TOTAL_S (default 480)
+# after the sanitizer's reserve (120 s); with under 10 s it is skipped. Steps may overrun their
+# limit by the 20 s that `timeout -k` grants after SIGINT, so the script ends within ~510 s.
+# Device time: the machine's start (1-3 min) + this budget + transfers, ~11-12 of the 15
+# minutes a task gets: a second full run does not fit; GPU_CHECK_ONLY reruns single steps while
+# the machine is still warm (it stays so only 30 s after a call).
+# The dry run takes ~35 s of CPU time on the 2-core CPU machine (34 s user measured; 2 min 20 s
+# of wall time beside other work); its stand-ins: the ops-registration check of CI's own build,
+# a few CPU tests per pytest step, benchmarks.paths --tiny on the CPU, a 2-case CPU grid, the
+# sanitizer's calls on the cpp backend without the tool.
+#
+# Environment: PYTHON (else python3, else python: the first that imports torch), GPU_CHECK_TOTAL_S,
+# GPU_CHECK_LIMIT_<STEP> (e.g. GPU_CHECK_LIMIT_ANCHORS=20: that step's limit), GPU_CHECK_ONLY
+# (comma-separated steps to run, e.g. "kernels,sanitizer" on a warm machine that kept its
+# build), GPU_CHECK_WORKERS (pytest-xdist workers, default min(8, cores)), GPU_CHECK_WORK,
+# FUSED_RNN_COMMIT (the commit written in the summary and the CSVs), TORCH_CUDA_ARCH_LIST
+# (default: the device's own, e.g. 9.0).
+# Exit status: 0 when every step was ok, else 1.
 set -u -o pipefail
 
-OUT_DIR="${1:-${OUT:-gpu_out}}"
-mkdir -p "$OUT_DIR"
-OUT_DIR="$(cd "$OUT_DIR" && pwd)"
-cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
-export MAX_JOBS="${MAX_JOBS:-16}"
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
-PY="${PYTHON:-python}"
-TOTAL_S="${GPU_CHECK_TOTAL_S:-470}"  # whole-run budget; the benchmark gets what is left
-START=$(date +%s)
-STATUS="$OUT_DIR/status.tsv"
-printf 'step\texit\tseconds\n' >"$STATUS"
-
-# run_step NAME TIMEOUT_S CMD...: runs CMD with a timeout, output to NAME.log (and a tail on
-# stdout), records the exit status (124 = timed out) and the duration.
-run_step() {
-  local name="$1" limit="$2"
-  shift 2
-  local t0 rc
-  t0=$(date +%s)
-  echo "=== $name (limit ${limit}s): $*"
-  timeout --kill-after=10 "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
-  rc=$?
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - t0))" >>"$STATUS"
-  tail -n 15 "$OUT_DIR/$name.log"
-  echo "=== $name: exit $rc after $(($(date +%s) - t0))s"
-  return 0
-}
-
-left() { echo $((TOTAL_S - ($(date +%s) - START))); }
-# cap N: N seconds, or the time left if less, but at least 5 (timeout 0 would mean no limit).
-cap() {
-  local l
-  l=$(left)
-  [ "$l" -lt 5 ] && l=5
-  echo $(($1 < l ? $1 : l))
-}
-
-export PY
-run_step env 60 bash -c 'nvidia-smi -L; nvidia-smi; nvcc --version; "$PY" -' <<'EOF'
-import platform, torch
-print("python", platform.python_version())
-print("torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
-print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NONE")
-try:
-    import triton
-    print("triton", triton.__version__)
-except Exception as e:  # noqa: BLE001
-    print("triton missing:", e)
-EOF
-nvidia-smi -L >"$OUT_DIR/nvidia-smi-L.txt" 2>&1
-
-run_step build 300 "$PY" -m pip install --no-deps --no-build-isolation -v -e .
-
-run_step pytest_gpu "$(cap 180)" \
-  "$PY" -m pytest -m gpu -q -rs --junitxml="$OUT_DIR/junit_gpu.xml" tests
-
-# Persistent vs general path vs cuDNN, at the TARGETS.md shapes. Forward is timed with
-# need_saved=False (inference); fwd+bwd = forward with need_saved=True + the backward op.
-run_step cuda_paths "$(cap 90)" "$PY" - "$OUT_DIR/cuda_paths.csv" <<'EOF'
-import csv, os, sys, torch
-import fused_rnn._C  # noqa: F401 - registers torch.ops.fused_rnn
-ops = torch.ops.fused_rnn
-dev = torch.cuda.get_device_name(0)
-
-def timed(fn, reps):
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    ms = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); torch.cuda.synchronize()
-        ms.append(a.elapsed_time(b))
-    return sorted(ms)[len(ms) // 2]
-
-CASES = [("lstm", 1024, 16, 768, 768, torch.bfloat16), ("lstm", 1024, 16, 768, 768, torch.float16),
-         ("gru", 1024, 16, 768, 768, torch.bfloat16), ("lstm", 100, 64, 512, 512, torch.float32),
-         ("gru", 100, 64, 512, 512, torch.float32)]
-rows = []
-for cell, T, B, I, H, dt in CASES:
-    G = 4 if cell == "lstm" else 3
-    g = torch.Generator(device="cuda").manual_seed(0)
-    r = lambda *s: (torch.randn(*s, device="cuda", generator=g) * H**-0.5).to(dt)
-    x, h0, c0, dy, dh = r(T, B, I) * H**0.5, r(B, H), r(B, H), r(T, B, H), r(B, H)
-    w_ih, w_hh, b_ih, b_hh = r(G * H, I), r(G * H, H), r(G * H), r(G * H)
-    def fwd(saved):
-        if cell == "lstm":
-            return ops.lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, saved)
-        return ops.gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, None, saved)
-    def fwd_bwd():
-        o = fwd(True)
-        if cell == "lstm":
-            ops.lstm_bwd(x, h0, c0, w_ih, w_hh, o[0], o[3], o[4], None, dy, dh, dh)
-        else:
-            ops.gru_bwd(x, h0, w_ih, w_hh, o[0], o[2], o[3], None, dy, dh)
-    # (forward path, tensor cores, backward path)
-    variants = [("general", "0", "general"), ("persistent", "0", "general"),
-                ("persistent", "0", "persistent")]
-    if dt != torch.float32:
-        variants.append(("persistent", "1", "persistent"))  # tensor-core matvec
-    for path, mma, bwd in variants:
-        os.environ["FUSED_RNN_CUDA_PATH"], os.environ["FUSED_RNN_CUDA_MMA"] = path, mma
-        os.environ["FUSED_RNN_CUDA_BWD"] = bwd
-        name = f"cuda-{path}" + ("-mma" if mma == "1" else "") + f"-bwd_{bwd}"
-        try:
-            f = timed(lambda: fwd(False), 5)
-            fb = timed(fwd_bwd, 3)
-            rows.append([cell, T, B, I, H, str(dt)[6:], name, f, fb, ""])
-        except RuntimeError as e:
-            rows.append([cell, T, B, I, H, str(dt)[6:], name, "", "", str(e)[:200]])
-    os.environ["FUSED_RNN_CUDA_PATH"], os.environ["FUSED_RNN_CUDA_MMA"] = "auto", "0"
-    os.environ["FUSED_RNN_CUDA_BWD"] = "general"
-    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H).to("cuda", dt)
-    hx = (h0[None], c0[None]) if cell == "lstm" else h0[None]
-    try:
-        with torch.no_grad():
-            f = timed(lambda: mod(x, hx), 5)
-        xg = x.detach().requires_grad_()
-        fb = timed(lambda: mod(xg, hx)[0].backward(dy), 3)
-        rows.append([cell, T, B, I, H, str(dt)[6:], "torch(cudnn)", f, fb, ""])
-    except RuntimeError as e:
-        rows.append([cell, T, B, I, H, str(dt)[6:], "torch(cudnn)", "", "", str(e)[:200]])
-    for row in rows[-len(variants) - 1:]:
-        print(row)
-with open(sys.argv[1], "w", newline="") as fh:
-    w = csv.writer(fh)
-    w.writerow(["device", "cell", "T", "B", "I", "H", "dtype", "provider", "fwd_ms",
-                "fwd_bwd_ms", "note"])
-    for row in rows:
-        w.writerow([dev, *row])
-EOF
-
-run_step triton_paths "$(cap 100)" "$PY" -m fused_rnn.triton.bench_paths \
-  "$OUT_DIR/triton_paths.csv"
-
-if [ -f benchmarks/run.py ]; then
-  budget=$(( $(left) - 50 ))
-  if [ "$budget" -ge 30 ]; then
-    run_step bench $((budget + 30)) "$PY" -m benchmarks.run --device cuda --full \
-      --budget-s "$budget" --out "$OUT_DIR/bench"
-  else
-    printf 'bench\tskipped(no time left)\t0\n' >>"$STATUS"
-  fi
-else
-  printf 'bench\tskipped(no benchmarks/run.py)\t0\n' >>"$STATUS"
+DRY=${GPU_CHECK_DRY_RUN:-0}
+if [ "${1:-}" = "--dry-run" ]; then
+  DRY=1
+  shift
 fi
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUT_DIR=${1:-${OUT:-$ROOT/gpu_out}}
+mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd) || exit 2
+if [ -n "${GPU_CHECK_WORK:-}" ]; then
+  mkdir -p "$GPU_CHECK_WORK" && WORK=$(cd "$GPU_CHECK_WORK" && pwd) || exit 2
+else
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/fused_rnn_gpu_check.XXXXXX") || exit 2
+fi
+case "$WORK/" in
+  "$OUT_DIR"/*)
+    echo "GPU_CHECK_WORK must lie outside OUT_DIR (only a few files come back from it)" >&2
+    exit 2
+    ;;
+esac
+ARCHIVE=$OUT_DIR/gpu_check.tgz
+STATUS=$WORK/status.tsv
+START=$(date +%s)
 
-{
-  echo "# fused_rnn GPU check"
-  echo
-  echo "Commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC')," \
-    "total $(($(date +%s) - START)) s."
-  echo
-  echo '```'
-  cat "$OUT_DIR/nvidia-smi-L.txt"
-  echo '```'
-  echo
-  echo "| step | exit | seconds |"
-  echo "|---|---|---|"
-  tail -n +2 "$STATUS" | awk -F'\t' '{printf "| %s | %s | %s |\n", $1, $2, $3}'
-  echo
-  echo "## pytest -m gpu"
-  echo '```'
-  tail -n 25 "$OUT_DIR/pytest_gpu.log" 2>/dev/null
-  echo '```'
-  if [ -f "$OUT_DIR/cuda_paths.csv" ]; then
-    echo
-    echo "## CUDA backend paths vs cuDNN (median ms; from cuda_paths.csv)"
-    echo
-    "$PY" - "$OUT_DIR/cuda_paths.csv" <<'EOF'
-import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-print("| cell | T | B | I | H | dtype | provider | fwd ms | fwd us/step | fwd+bwd ms | note |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for r in rows:
-    f = r["fwd_ms"]
-    per = f"{float(f) * 1000 / int(r['T']):.2f}" if f else ""
-    fmt = lambda v: f"{float(v):.3f}" if v else ""
-    print(f"| {r['cell']} | {r['T']} | {r['B']} | {r['I']} | {r['H']} | {r['dtype']} | "
-          f"{r['provider']} | {fmt(f)} | {per} | {fmt(r['fwd_bwd_ms'])} | {r['note']} |")
-EOF
+export PYTHONUNBUFFERED=1
+# No network on the GPU machine: pip must not try an index.
+export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+if [ -z "${FUSED_RNN_COMMIT:-}" ]; then
+  FUSED_RNN_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  if [ "$FUSED_RNN_COMMIT" != unknown ] && ! git diff --quiet HEAD 2>/dev/null; then
+    FUSED_RNN_COMMIT="$FUSED_RNN_COMMIT-dirty"
   fi
-  if ls "$OUT_DIR"/bench/latest_*.md >/dev/null 2>&1; then
-    echo
-    echo "## benchmarks.run"
-    cat "$OUT_DIR"/bench/latest_*.md
+fi
+export FUSED_RNN_COMMIT
+
+resolve_python() {
+  if [ -n "${PYTHON:-}" ]; then
+    echo "$PYTHON"
+    return
   fi
-  if [ -f "$OUT_DIR/triton_paths.csv" ]; then
-    echo
-    echo "## Triton backend paths (triton_paths.csv)"
-    echo '```'
-    cat "$OUT_DIR/triton_paths.csv"
-    echo '```'
-  fi
-  for step in build pytest_gpu cuda_paths triton_paths bench; do
-    rc=$(awk -F'\t' -v s="$step" '$1 == s {print $2}' "$STATUS")
-    if [ -n "$rc" ] && [ "$rc" != "0" ] && [ -f "$OUT_DIR/$step.log" ]; then
-      echo
-      echo "## $step failed (exit $rc): last lines of $step.log"
-      echo '```'
-      tail -n 40 "$OUT_DIR/$step.log"
-      echo '```'
+  local p
+  for p in python3 python; do
+    if command -v "$p" >/dev/null 2>&1 && "$p" -c 'import torch' >/dev/null 2>&1; then
+      echo "$p"
+      return
     fi
   done
-} >"$OUT_DIR/summary.md"
+  echo python3
+}
+PY=$(resolve_python)
 
-echo "summary: $OUT_DIR/summary.md"
-cat "$OUT_DIR/status.tsv"
-# Non-zero when any step failed (skipped steps do not count), so a caller sees it at once.
-awk -F'\t' 'NR > 1 && $2 ~ /^[0-9]+$/ && $2 != "0" {bad = 1} END {exit bad}' "$STATUS"
+if [ "$DRY" = 1 ]; then
+  MODE=dry-run
+  TOTAL_S=${GPU_CHECK_TOTAL_S:-600}
+  MIN_STEP=3
+  SANITIZER_RESERVE=20
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+else
+  MODE=gpu
+  TOTAL_S=${GPU_CHECK_TOTAL_S:-480}
+  MIN_STEP=10
+  SANITIZER_RESERVE=120
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+  export MAX_JOBS=${MAX_JOBS:-16}
+  export FUSED_RNN_REQUIRE_CUDA=1
+fi
+{
+  echo "MODE=$MODE"
+  echo "COMMIT=$FUSED_RNN_COMMIT"
+  echo "STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "TOTAL_S=$TOTAL_S"
+  echo "PY=$PY"
+} >"$WORK/meta.env"
+printf 'step\tstatus\texit\tseconds\tlimit\tnote\n' >"$STATUS"
+
+left() { echo $((TOTAL_S - ($(date +%s) - START))); }
+# limit OWN [RESERVE]: OWN seconds, or what is left after RESERVE seconds kept for later steps.
+limit() {
+  local l=$(($(left) - ${2:-0}))
+  [ "$1" -lt "$l" ] && l=$1
+  echo "$l"
+}
+selected() { [ -z "${GPU_CHECK_ONLY:-}" ] || [[ ",$GPU_CHECK_ONLY," == *",$1,"* ]]; }
+
+# refresh STEP: summary.md, status.tsv and the archive, rewritten in OUT_DIR (archive written
+# aside, then moved, so a kill mid-write leaves the previous one whole).
+refresh() {
+  if ! "$PY" "$ROOT/scripts/gpu_summary.py" "$WORK" >"$WORK/summary.md.part" 2>"$WORK/summary_error.log"; then
+    { echo "# fused_rnn GPU check: the summary builder failed (summary_error.log)"; echo; cat "$STATUS"; } \
+      >"$WORK/summary.md.part"
+  fi
+  mv -f "$WORK/summary.md.part" "$WORK/summary.md"
+  cp -f "$WORK/summary.md" "$STATUS" "$OUT_DIR/"
+  tar czf "$ARCHIVE.part" -C "$WORK" . && mv -f "$ARCHIVE.part" "$ARCHIVE"
+  echo "--- refreshed summary.md, status.tsv and $(basename "$ARCHIVE") after $1"
+}
+
+record() { # NAME STATUS EXIT SECONDS LIMIT NOTE
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$STATUS"
+}
+
+# SIGINT is ignored in processes that a non-interactive shell starts in the background; the
+# steps' `timeout -s INT` must reach them, so each command starts with it restored.
+UNIGNORE_INT='import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])'
+
+# run_step NAME LIMIT CMD...: CMD under its limit, output in NAME.log; status ok | failed |
+# timeout | empty (pytest collected nothing) | skipped; then refresh.
+run_step() {
+  local name=$1 lim=$2
+  shift 2
+  local var
+  var="GPU_CHECK_LIMIT_$(echo "$name" | tr '[:lower:]' '[:upper:]')"
+  lim=${!var:-$lim}
+  if ! selected "$name"; then
+    record "$name" skipped "" 0 "$lim" "not in GPU_CHECK_ONLY"
+  elif [ "$lim" -lt "$MIN_STEP" ]; then
+    record "$name" skipped "" 0 "$lim" "no time left"
+    echo "=== $name: skipped, no time left"
+  else
+    echo "=== [$(($(date +%s) - START))s] $name (limit ${lim}s): $*"
+    local t0 rc st note=""
+    t0=$(date +%s)
+    timeout -s INT -k 20 "$lim" "$PY" -c "$UNIGNORE_INT" "$@" >"$WORK/$name.log" 2>&1
+    rc=$?
+    case $rc in
+      0) st=ok ;;
+      124 | 137) st=timeout note="stopped by its ${lim}s limit" ;;
+      5) st=empty note="pytest collected no test" ;;
+      *) st=failed ;;
+    esac
+    record "$name" "$st" "$rc" "$(($(date +%s) - t0))" "$lim" "$note"
+    tail -n 6 "$WORK/$name.log"
+    echo "=== $name: $st (exit $rc) after $(($(date +%s) - t0))s; $(left)s of the budget left"
+  fi
+  refresh "$name"
+}
+
+on_signal() {
+  record "script" stopped "" "$(($(date +%s) - START))" "$TOTAL_S" "gpu_check.sh got a signal"
+  refresh "signal"
+  exit 1
+}
+trap on_signal INT TERM
+
+PYTEST_ARGS=()
+# pytest_args NAME: the flags of every pytest step (per-test timeout and workers only where the
+# plugin is installed; -v names each test as it ends, so a stopped run still lists its failures).
+pytest_args() {
+  PYTEST_ARGS=(-v -rfE -p no:cacheprovider --continue-on-collection-errors
+    --maxfail="${GPU_CHECK_MAXFAIL:-30}" --junitxml="$WORK/$1.xml")
+  if [ "${HAS_XDIST:-0}" = 1 ] && [ "$WORKERS" -gt 1 ]; then PYTEST_ARGS+=(-n "$WORKERS"); fi
+  if [ "${HAS_TIMEOUT:-0}" = 1 ]; then PYTEST_ARGS+=(--timeout="${GPU_CHECK_TEST_TIMEOUT:-120}"); fi
+}
+
+# Test files, passed explicitly (one broken module must not stop the others).
+existing() { local f; for f in "$@"; do [ -f "$f" ] && echo "$f"; done; }
+mapfile -t KERNEL_TESTS < <(existing tests/test_cuda_compile.py tests/test_triton_kernels.py tests/test_ops.py)
+mapfile -t OTHER_TESTS < <(for f in tests/test_*.py; do
+  case " ${KERNEL_TESTS[*]} tests/test_parity.py tests/test_gpu_script.py " in
+    *" $f "*) ;;
+    *) echo "$f" ;;
+  esac
+done)
+
+echo "gpu_check.sh ($MODE): python $PY, commit $FUSED_RNN_COMMIT, budget ${TOTAL_S}s, work $WORK, out $OUT_DIR"
+
+# -- env ----------------------------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+  run_step env 60 "$PY" scripts/gpu_env.py "$WORK/env.sh"
+else
+  run_step env 60 bash -c 'nvidia-smi -L; nvidia-smi; nvcc --version; compute-sanitizer --version | head -n 3;
+    "$0" scripts/gpu_env.py "$1"' "$PY" "$WORK/env.sh"
+fi
+HAS_XDIST=0 HAS_TIMEOUT=0 ARCH="" NPROC=1
+# shellcheck disable=SC1091
+[ -f "$WORK/env.sh" ] && . "$WORK/env.sh"
+WORKERS=${GPU_CHECK_WORKERS:-$((NPROC < 8 ? NPROC : 8))}
+if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && [ -n "$ARCH" ]; then export TORCH_CUDA_ARCH_LIST=$ARCH; fi
+
+# -- build --------------------------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+  # Stand-in: the build is CI's own `pip install -e .`; check that it registered the ops.
+  run_step build "$(limit 300 "$SANITIZER_RESERVE")" "$PY" scripts/gpu_env.py --check-ops
+else
+  run_step build "$(limit 300 "$SANITIZER_RESERVE")" bash -c '"$0" -m pip install --no-deps \
+    --no-build-isolation --no-index -v -e . && "$0" scripts/gpu_env.py --check-ops' "$PY"
+fi
+
+# -- kernel-level tests -------------------------------------------------------------------------
+pytest_args kernels
+if [ "$DRY" = 1 ]; then
+  run_step kernels "$(limit 180 "$SANITIZER_RESERVE")" "$PY" -m pytest "${PYTEST_ARGS[@]}" \
+    -m "not gpu" -k "padding_semantics" "${KERNEL_TESTS[@]}"
+else
+  run_step kernels "$(limit 180 "$SANITIZER_RESERVE")" "$PY" -m pytest "${PYTEST_ARGS[@]}" \
+    -m gpu "${KERNEL_TESTS[@]}"
+fi
+
+# -- TARGETS.md anchor timings ------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+  run_step anchors "$(limit 180 "$SANITIZER_RESERVE")" "$PY" -m benchmarks.paths --device cpu \
+    --tiny --out "$WORK/anchors.csv"
+else
+  run_step anchors "$(limit 180 "$SANITIZER_RESERVE")" "$PY" -m benchmarks.paths --device cuda \
+    --out "$WORK/anchors.csv"
+fi
+
+# -- full-shape parity --------------------------------------------------------------------------
+pytest_args parity
+if [ "$DRY" = 1 ]; then
+  run_step parity "$(limit 150 "$SANITIZER_RESERVE")" "$PY" -m pytest "${PYTEST_ARGS[@]}" \
+    -m "not gpu" -k "float64 and lstm-B3-T5 and cpu-reference" tests/test_parity.py
+else
+  run_step parity "$(limit 150 "$SANITIZER_RESERVE")" "$PY" -m pytest "${PYTEST_ARGS[@]}" \
+    -m gpu -k full_shapes tests/test_parity.py
+fi
+
+# -- every other GPU test -----------------------------------------------------------------------
+pytest_args gpu_tests
+if [ "$DRY" = 1 ]; then
+  run_step gpu_tests "$(limit 150 "$SANITIZER_RESERVE")" "$PY" -m pytest "${PYTEST_ARGS[@]}" \
+    -m "not gpu" -k "available_backends or auto_takes" tests/test_backends.py
+else
+  run_step gpu_tests "$(limit 150 "$SANITIZER_RESERVE")" "$PY" -m pytest "${PYTEST_ARGS[@]}" \
+    -m gpu "${OTHER_TESTS[@]}"
+fi
+
+# -- the benchmark grid, with the time left -----------------------------------------------------
+grid_limit=$(limit 100000 "$SANITIZER_RESERVE")
+# The grid stops starting cases 30 s before its limit (its estimates are a model, not timings).
+grid_budget=$((grid_limit > 60 ? grid_limit - 30 : grid_limit / 2))
+if [ "$DRY" = 1 ]; then
+  run_step grid "$grid_limit" "$PY" -m benchmarks.run --device cpu --quick --threads 1 \
+    --only T32-I64-H64 --providers cpp --budget-s "$grid_budget" --out "$WORK/bench"
+else
+  run_step grid "$grid_limit" "$PY" -m benchmarks.run --device cuda --full \
+    --budget-s "$grid_budget" --out "$WORK/bench"
+fi
+
+# -- compute-sanitizer --------------------------------------------------------------------------
+if [ "$DRY" = 1 ]; then
+  run_step sanitizer "$(limit 150)" "$PY" scripts/gpu_sanitize.py --device cpu
+else
+  run_step sanitizer "$(limit 150)" "$PY" scripts/gpu_sanitize.py --device cuda
+fi
+
+echo
+cat "$WORK/summary.md"
+echo
+echo "results: $OUT_DIR/summary.md, $OUT_DIR/status.tsv, $ARCHIVE (work folder $WORK)"
+awk -F'\t' 'NR > 1 && $2 != "ok" && $2 != "empty" && $2 != "skipped" {bad = 1} END {exit bad}' "$STATUS"

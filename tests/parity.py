@@ -15,8 +15,13 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fused_rnn
 
-OURS = {"lstm": fused_rnn.LSTM, "gru": fused_rnn.GRU}
-THEIRS = {"lstm": nn.LSTM, "gru": nn.GRU}
+OURS = {
+    "lstm": fused_rnn.LSTM,
+    "gru": fused_rnn.GRU,
+    "rnn_tanh": fused_rnn.RNN,
+    "rnn_relu": fused_rnn.RNN,
+}
+THEIRS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +67,8 @@ class Case:
         )
         if self.proj:
             kw["proj_size"] = self.proj
+        if self.cell.startswith("rnn_"):
+            kw["nonlinearity"] = self.cell[4:]
         return kw
 
 
@@ -91,12 +98,22 @@ def make_inputs(case: Case, dtype, device, gen: torch.Generator):
     return x, lengths, hx
 
 
-def run_module(module, case: Case, x, lengths, hx, dtype, device, gen_seed: int = 1):
+def run_module(
+    module, case: Case, x, lengths, hx, dtype, device, gen_seed: int = 1, rounded_to=None
+):
     """Forward + backward of ``module``. Returns a dict name -> tensor (float64, CPU) with the
     output (padded, time-major), final states and the gradients of input, hx and every
-    parameter, for a random linear functional of all outputs."""
+    parameter, for a random linear functional of all outputs.
+
+    ``rounded_to``: a dtype the input, hx and the functional's weights (the output gradients)
+    are rounded to before being cast to ``dtype`` -- to run a float32 module on exactly the
+    values a half-precision run sees (see interface_error)."""
+
+    def cast(t):
+        return (t if rounded_to is None else t.to(rounded_to)).to(device, dtype)
+
     module.zero_grad(set_to_none=True)
-    xd = x.to(device, dtype).requires_grad_(True)
+    xd = cast(x).requires_grad_(True)
     inp = xd
     if case.unbatched:
         inp = xd[:, 0]
@@ -107,7 +124,7 @@ def run_module(module, case: Case, x, lengths, hx, dtype, device, gen_seed: int 
     hxd = None
     if hx is not None:
         states = hx if isinstance(hx, tuple) else (hx,)
-        states = [s.to(device, dtype).requires_grad_(True) for s in states]
+        states = [cast(s).requires_grad_(True) for s in states]
         if case.unbatched:
             states = [s[:, 0] for s in states]
         hxd = tuple(states) if case.cell == "lstm" else states[0]
@@ -125,7 +142,7 @@ def run_module(module, case: Case, x, lengths, hx, dtype, device, gen_seed: int 
     loss = 0
     res = {"out": out}
     for name, t in [("out", out)] + [(f"state{i}", s) for i, s in enumerate(st)]:
-        w = torch.randn(t.shape, generator=g, dtype=torch.float64).to(device, dtype)
+        w = cast(torch.randn(t.shape, generator=g, dtype=torch.float64))
         loss = loss + (t * w).float().sum()
         res[name] = t
     wrt = {"dx": xd}
@@ -148,3 +165,38 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     den = ref.norm().item()
     num = (a - ref).norm().item()
     return num / den if den > 0 else num
+
+
+# Unit roundoff (half the gap between 1 and the next value) of each floating dtype.
+def unit_roundoff(dtype) -> float:
+    return torch.finfo(dtype).eps / 2
+
+
+def low_precision_bound(module, case: Case, x, lengths, hx, dtype, device, ref) -> dict:
+    """Per result name, the largest relative error (against the float64 ``ref``) that a correct
+    ``dtype`` implementation may have -- a bound that does not depend on which kernel torch (or
+    anyone) runs in ``dtype`` on this CPU / GPU.
+
+    Derivation. A ``dtype`` implementation sees its inputs x, hx, weights and the output
+    gradients rounded to ``dtype`` (``module``'s weights already are), and returns results
+    rounded to ``dtype``. Call e_in the error, against ``ref``, of the same maths in float32 on
+    exactly those rounded inputs (``module`` cast to float32, run with rounded_to=dtype): the
+    effect of the input rounding, identical for every implementation (float32's own rounding
+    in it is ~1e-7). A correct implementation then
+      - accumulates in float32 (the project's rule): counted by taking e_in as at least one
+        float32 epsilon;
+      - rounds values that the next computation consumes as inputs to ``dtype`` (a layer's
+        output feeding the next layer or direction, the gradient flowing back into it): each
+        such rounding is a relative perturbation <= u of an input, like the rounding of x that
+        e_in measures; allowed: as much again as e_in (factor 2, the same 2x that float32 gets
+        against torch's own float32 module);
+      - rounds every result once to ``dtype``: relative error <= u per element, so <= u in norm
+        (u = unit roundoff of ``dtype``; 0 for float32's own rounding, already part of e_in).
+    bound = 2 * (e_in + eps32) + u.  For float32, e_in is torch's own float32 error, so this is
+    the rule "2x torch's error" plus 2^-24.
+    """
+    f32 = module.to(device, torch.float32)
+    lo = run_module(f32, case, x, lengths, hx, torch.float32, device, rounded_to=dtype)
+    eps32 = torch.finfo(torch.float32).eps
+    u = unit_roundoff(dtype) if dtype != torch.float32 else 0.0
+    return {k: 2 * (rel_err(lo[k], ref[k]) + eps32) + u for k in ref}

@@ -68,6 +68,8 @@ TINY = [
     Case("lstm", 3, 5, 3, 8, tags=("sweep-H",)),
     Case("gru", 2, 5, 3, 4, layers=2, bidirectional=True, tags=("stack",)),
     Case("lstm", 4, 9, 3, 4, varlen="packed", tags=("imdb",)),
+    Case("rnn_relu", 3, 6, 3, 4, varlen="padded", tags=("imdb",)),
+    Case("lstm", 2, 5, 3, 8, proj=3, tags=("lstmp",)),
 ]
 
 

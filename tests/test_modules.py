@@ -12,8 +12,12 @@ from torch import nn
 
 import fused_rnn
 
-PAIRS = [(nn.LSTM, fused_rnn.LSTM), (nn.GRU, fused_rnn.GRU)]
-CELL_PAIRS = [(nn.LSTMCell, fused_rnn.LSTMCell), (nn.GRUCell, fused_rnn.GRUCell)]
+PAIRS = [(nn.LSTM, fused_rnn.LSTM), (nn.GRU, fused_rnn.GRU), (nn.RNN, fused_rnn.RNN)]
+CELL_PAIRS = [
+    (nn.LSTMCell, fused_rnn.LSTMCell),
+    (nn.GRUCell, fused_rnn.GRUCell),
+    (nn.RNNCell, fused_rnn.RNNCell),
+]
 KW = [
     dict(),
     dict(num_layers=2, bidirectional=True, dropout=0.3, batch_first=True),
@@ -22,7 +26,7 @@ KW = [
 
 
 @pytest.mark.parametrize("kw", KW, ids=lambda k: "-".join(map(str, k.items())) or "default")
-@pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru"])
+@pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru", "rnn"])
 def test_same_parameters_and_state_dict_both_ways(theirs_cls, ours_cls, kw):
     theirs, ours = theirs_cls(5, 7, **kw), ours_cls(5, 7, **kw)
     assert isinstance(ours, nn.RNNBase) and type(ours).__name__ == theirs_cls.__name__
@@ -62,19 +66,49 @@ def test_initialisation_matches_torch():
         assert torch.equal(a, b)
 
 
-def test_repr_like_torch():
-    assert repr(fused_rnn.LSTM(5, 7, num_layers=2)) == "LSTM(5, 7, num_layers=2)"
-    assert repr(fused_rnn.GRU(5, 7, batch_first=True)) == repr(nn.GRU(5, 7, batch_first=True))
-    assert repr(fused_rnn.LSTMCell(5, 7)) == repr(nn.LSTMCell(5, 7))
-    assert repr(fused_rnn.LSTM(5, 7, backend="reference")) == "LSTM(5, 7, backend='reference')"
+def test_repr_like_torch_prefixed_with_backend():
+    """torch's repr with the package prefixed and the backend appended: a printed model shows
+    that convert() ran and with which backend."""
+    assert repr(fused_rnn.LSTM(5, 7, num_layers=2)) == (
+        "fused_rnn.LSTM(5, 7, num_layers=2, backend='auto')"
+    )
+    assert repr(fused_rnn.GRU(5, 7, batch_first=True)) == (
+        f"fused_rnn.{repr(nn.GRU(5, 7, batch_first=True))[:-1]}, backend='auto')"
+    )
+    assert repr(fused_rnn.LSTMCell(5, 7)) == "fused_rnn.LSTMCell(5, 7, backend='auto')"
+    assert repr(fused_rnn.LSTM(5, 7, backend="reference")) == (
+        "fused_rnn.LSTM(5, 7, backend='reference')"
+    )
+    model = nn.Sequential(nn.LSTM(5, 7), nn.Linear(7, 2))
+    before = repr(model)
+    assert "fused_rnn" not in before
+    assert repr(fused_rnn.convert(model, backend="cpp")) == before.replace(
+        "(0): LSTM(5, 7)", "(0): fused_rnn.LSTM(5, 7, backend='cpp')"
+    )
+    assert repr(fused_rnn.revert(model)) == before
+    rnn = nn.RNN(5, 7, 2, "relu")
+    assert repr(fused_rnn.RNN(5, 7, 2, "relu")) == f"fused_rnn.{repr(rnn)[:-1]}, backend='auto')"
+    cell = nn.RNNCell(5, 7, nonlinearity="relu")
+    assert repr(fused_rnn.RNNCell(5, 7, nonlinearity="relu")) == (
+        f"fused_rnn.{repr(cell)[:-1]}, backend='auto')"
+    )
 
 
 @pytest.mark.parametrize(
-    "cls", [fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.LSTMCell, fused_rnn.GRUCell]
+    "cls",
+    [
+        fused_rnn.LSTM,
+        fused_rnn.GRU,
+        fused_rnn.RNN,
+        fused_rnn.LSTMCell,
+        fused_rnn.GRUCell,
+        fused_rnn.RNNCell,
+    ],
 )
 def test_pickle_and_torch_save(cls):
     m = cls(4, 6, backend="reference")
-    x = torch.randn(3, 2, 4) if cls in (fused_rnn.LSTM, fused_rnn.GRU) else torch.randn(2, 4)
+    seq = (fused_rnn.LSTM, fused_rnn.GRU, fused_rnn.RNN)
+    x = torch.randn(3, 2, 4) if cls in seq else torch.randn(2, 4)
     want = m(x)
     for clone in (pickle.loads(pickle.dumps(m)), _torch_roundtrip(m)):
         assert type(clone) is cls and clone.backend == "reference"
@@ -102,7 +136,7 @@ def test_flatten_parameters_accepted():
     m(torch.randn(3, 2, 4))
 
 
-@pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru"])
+@pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru", "rnn"])
 def test_eval_mode_ignores_dropout(theirs_cls, ours_cls):
     theirs = theirs_cls(4, 6, num_layers=3, dropout=0.5).eval()
     ours = ours_cls(4, 6, num_layers=3, dropout=0.5).eval()
@@ -154,7 +188,7 @@ def test_train_mode_dropout_between_layers_only():
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("theirs_cls,ours_cls", CELL_PAIRS, ids=["lstmcell", "grucell"])
+@pytest.mark.parametrize("theirs_cls,ours_cls", CELL_PAIRS, ids=["lstmcell", "grucell", "rnncell"])
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("with_hx", [True, False])
 def test_cells_match_torch(theirs_cls, ours_cls, batched, with_hx):
@@ -207,7 +241,7 @@ BAD_SEQ_INPUTS = {
 
 
 @pytest.mark.parametrize("bad", list(BAD_SEQ_INPUTS))
-@pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru"])
+@pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru", "rnn"])
 def test_bad_input_same_error_as_torch(theirs_cls, ours_cls, bad):
     theirs, ours = theirs_cls(4, 6), ours_cls(4, 6)
     _raises_like_torch(theirs, ours, *BAD_SEQ_INPUTS[bad]())
@@ -229,7 +263,7 @@ def test_bad_hx_same_error_as_torch():
     )  # batch_first: batch is dim 0 (5), hx says 3
 
 
-@pytest.mark.parametrize("theirs_cls,ours_cls", CELL_PAIRS, ids=["lstmcell", "grucell"])
+@pytest.mark.parametrize("theirs_cls,ours_cls", CELL_PAIRS, ids=["lstmcell", "grucell", "rnncell"])
 def test_cell_bad_input_same_error_as_torch(theirs_cls, ours_cls):
     theirs, ours = theirs_cls(3, 4), ours_cls(3, 4)
     _raises_like_torch(theirs, ours, torch.randn(2, 2, 3))
@@ -338,7 +372,7 @@ def test_hidden_on_another_device_is_a_clear_error():
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru"])
+@pytest.mark.parametrize("theirs_cls,ours_cls", PAIRS, ids=["lstm", "gru", "rnn"])
 def test_train_mode_dropout_draws_torchs_masks(theirs_cls, ours_cls, packed):
     """Same seed, same masks as torch: between-layer dropout is drawn in torch's layout (over
     the packed data for PackedSequence input), so seeded training runs track each other."""

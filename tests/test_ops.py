@@ -2,9 +2,12 @@
 
 - torch.library.opcheck on every op (schema, fake kernel, AOT dispatch), fp32 and fp64, with and
   without biases, lengths and saved activations;
-- the op outputs and gradients against the reference backend at the op boundary, including the
-  padded-step semantics (y = 0 there, frozen state, zero gradients, NaN not leaking);
-- torch.compile(fullgraph=True) of an LSTM and a GRU layer through the cpp backend;
+- every output and gradient of the cpp backend's contract (LSTM with and without projection,
+  GRU, RNN tanh / relu) against the reference backend (the RNN: an explicit loop with the ops'
+  bf16 semantics), nn.RNN and nn.LSTM(proj_size) themselves, including the padded-step semantics
+  (y = 0 there, frozen state, zero gradients, NaN not leaking);
+- torch.compile(fullgraph=True) of LSTM (with and without projection), GRU and RNN layers
+  through the cpp backend, and of the rnn ops themselves;
 - clear errors for bad input at the op boundary, and the backend's supports()/available() reasons.
 """
 
@@ -32,44 +35,72 @@ def _acc(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+GATES = {"lstm": 4, "lstm_proj": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+CELLS = list(GATES)
+
+
+def _op(cell):
+    """The op family of a test cell: lstm, gru or rnn."""
+    return cell.split("_")[0]
+
+
 def _make(cell, T, B, n_in, H, dtype=torch.float64, bias=True, lengths=None):
-    """Random arguments of one layer: dict of x (T, B, I), h0 (B, H), [c0 (B, H)], w_ih (G*H, I),
-    w_hh (G*H, H), b_ih / b_hh (G*H,) or None, lengths (B,) int64 or None."""
-    G = 4 if cell == "lstm" else 3
+    """Random arguments of one layer: dict of x (T, B, I), h0 (B, P), [c0 (B, H)], w_ih (G*H, I),
+    w_hh (G*H, P), b_ih / b_hh (G*H,) or None, [w_hr (P, H) or None], lengths (B,) int64 or None;
+    P = H // 2 + 1 for "lstm_proj", else H."""
+    G = GATES[cell]
+    P = H // 2 + 1 if cell == "lstm_proj" else H
+    # The Elman RNN has no gates to bound its state: at 0.4 a relu RNN of H = 72 grows ~3x per
+    # step, so it gets nn.RNN's init scale 1 / sqrt(H).
+    w = H**-0.5 if _op(cell) == "rnn" else 0.4
     a = {
         "x": torch.randn(T, B, n_in, dtype=dtype),
-        "h0": torch.randn(B, H, dtype=dtype),
-        "w_ih": torch.randn(G * H, n_in, dtype=dtype) * 0.4,
-        "w_hh": torch.randn(G * H, H, dtype=dtype) * 0.4,
+        "h0": torch.randn(B, P, dtype=dtype),
+        "w_ih": torch.randn(G * H, n_in, dtype=dtype) * w,
+        "w_hh": torch.randn(G * H, P, dtype=dtype) * w,
         "b_ih": torch.randn(G * H, dtype=dtype) * 0.3 if bias else None,
         "b_hh": torch.randn(G * H, dtype=dtype) * 0.3 if bias else None,
         "lengths": None if lengths is None else torch.tensor(lengths, dtype=torch.long),
     }
-    if cell == "lstm":
+    if _op(cell) == "lstm":
         a["c0"] = torch.randn(B, H, dtype=dtype)
+        # nn.LSTM's init scale 1 / sqrt(H): with 0.4 as for the other weights, dh W_hr (a sum of
+        # P terms) puts the gradients at ~30 where float32 summation order alone differs by 4e-5
+        a["w_hr"] = torch.randn(P, H, dtype=dtype) / H**0.5 if cell == "lstm_proj" else None
     return a
 
 
 def _fwd_args(cell, a, need_saved):
-    head = (a["x"], a["h0"], a["c0"]) if cell == "lstm" else (a["x"], a["h0"])
-    return (*head, a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["lengths"], need_saved)
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths = (
+        a[k] for k in ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh", "lengths")
+    )
+    if _op(cell) == "lstm":
+        return (x, h0, a["c0"], w_ih, w_hh, b_ih, b_hh, a["w_hr"], lengths, need_saved)
+    if _op(cell) == "rnn":
+        return (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, cell == "rnn_relu", need_saved)
+    return (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, need_saved)
 
 
 def _bwd_args(cell, a, out, grads):
-    """Arguments of lstm_bwd / gru_bwd from the forward's inputs `a`, outputs `out` and the
+    """Arguments of the cell's bwd op from the forward's inputs `a`, outputs `out` and the
     incoming gradients `grads` (dy, dhn[, dcn])."""
-    if cell == "lstm":
+    if _op(cell) == "lstm":
         y, _, _, gates, cs = out
-        head = (a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], y, gates, cs)
-    else:
-        y, _, gates, ghn = out
-        head = (a["x"], a["h0"], a["w_ih"], a["w_hh"], y, gates, ghn)
+        head = (a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["w_hr"], y, gates, cs)
+        return (*head, a["lengths"], *grads)
+    if _op(cell) == "rnn":
+        head = (a["x"], a["h0"], a["w_ih"], a["w_hh"], out[0], a["lengths"], cell == "rnn_relu")
+        return (*head, *grads)
+    y, _, gates, ghn = out
+    head = (a["x"], a["h0"], a["w_ih"], a["w_hh"], y, gates, ghn)
     return (*head, a["lengths"], *grads)
 
 
 def _grads(cell, T, B, H, dtype):
-    n = 3 if cell == "lstm" else 2
-    return tuple(torch.randn(*s, dtype=dtype) for s in [(T, B, H), (B, H), (B, H)][:n])
+    """dy (T, B, P), dhn (B, P)[, dcn (B, H)]."""
+    P = H // 2 + 1 if cell == "lstm_proj" else H
+    shapes = [(T, B, P), (B, P), (B, H)] if _op(cell) == "lstm" else [(T, B, P), (B, P)]
+    return tuple(torch.randn(*s, dtype=dtype) for s in shapes)
 
 
 # ------------------------------------------------------------------------------------ opcheck
@@ -82,12 +113,12 @@ OPCHECK_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: f"T{c[0]}-B{c[1]}-H{c[3]}-{c[5]}")
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_opcheck(cell, case, dtype):
     T, B, n_in, H, bias, lengths = case
     a = _make(cell, T, B, n_in, H, dtype, bias, lengths)
-    fwd = getattr(ops, f"{cell}_fwd")
-    bwd = getattr(ops, f"{cell}_bwd")
+    fwd = getattr(ops, f"{_op(cell)}_fwd")
+    bwd = getattr(ops, f"{_op(cell)}_bwd")
     for need_saved in (False, True):
         torch.library.opcheck(fwd, _fwd_args(cell, a, need_saved))
     out = fwd(*_fwd_args(cell, a, True))
@@ -96,15 +127,63 @@ def test_opcheck(cell, case, dtype):
 
 # ------------------------------------------------------------------ against the reference
 def _contract_run(be, cell, a, grads):
-    """Forward and backward through backend `be`'s contract; returns every output and grad."""
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths = (
-        a[k] for k in ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh", "lengths")
-    )
-    if cell == "lstm":
-        y, hn, cn, saved = be.lstm_fwd(x, h0, a["c0"], w_ih, w_hh, b_ih, b_hh, None, lengths, True)
-        return (y, hn, cn, *be.lstm_bwd(saved, *grads)[:7])
-    y, hn, saved = be.gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, True)
-    return (y, hn, *be.gru_bwd(saved, *grads))
+    """Forward and backward through backend `be`'s contract (fused_rnn.backends): y, hn[, cn],
+    dx, dh0[, dc0], dw_ih, dw_hh, db_ih, db_hh[, dw_hr]."""
+    c = fused_rnn.cells.cell_for_mode("lstm" if cell == "lstm_proj" else cell)
+    hx = (a["h0"], a["c0"]) if c.is_lstm else (a["h0"],)
+    w_hr = a.get("w_hr")
+    args = (a["x"], hx, a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], w_hr, a["lengths"], True)
+    y, hn, saved = be.fwd(c, *args)
+    dx, dhx, dw_ih, dw_hh, db_ih, db_hh, dw_hr = be.bwd(c, saved, grads[0], tuple(grads[1:]))
+    if a["b_ih"] is None:  # no bias: the contract may return None or anything; nothing to compare
+        db_ih = db_hh = None
+    return (y, *hn, dx, *dhx, dw_ih, dw_hh, db_ih, db_hh, *([dw_hr] if w_hr is not None else []))
+
+
+def _cpp_run(cell, a, grads):
+    """Every output and gradient of the cpp backend's contract for `cell`."""
+    return _contract_run(CPP, cell, a, grads)
+
+
+def _rnn_loop_run(cell, a, grads):
+    """The Elman RNN as a plain loop in the accumulation dtype with an explicit backward: the
+    oracle for rnn_fwd / rnn_bwd (padded steps: y = 0, state frozen, zero gradients). As the ops,
+    backward takes h_t from y in the input dtype (bfloat16 y rounds it: so does nn.RNN, whose
+    tanh / relu backward reads its bfloat16 output). Outputs as _contract_run's."""
+    dt = a["x"].dtype
+    acc = _acc(dt)
+    x, h0, w_ih, w_hh = (a[k].to(acc) for k in ("x", "h0", "w_ih", "w_hh"))
+    relu = cell == "rnn_relu"
+    T, B, _ = x.shape
+    t_idx = torch.arange(T).unsqueeze(1)
+    mask = torch.ones(T, B, 1, dtype=torch.bool)
+    if a["lengths"] is not None:
+        mask = (t_idx < a["lengths"].unsqueeze(0)).unsqueeze(-1)
+    h, ys = h0, []
+    for t in range(T):
+        pre = x[t] @ w_ih.t() + h @ w_hh.t()
+        if a["b_ih"] is not None:
+            pre = pre + a["b_ih"].to(acc) + a["b_hh"].to(acc)
+        h_new = pre.relu() if relu else pre.tanh()
+        h = torch.where(mask[t], h_new, h)
+        ys.append(torch.where(mask[t], h_new, 0.0))
+    y = torch.stack(ys).to(dt)
+    hs = y.to(acc)  # h_t at valid steps, as backward reads it
+    dy, dh = (g.to(acc) for g in grads)
+    dg = torch.zeros(T, B, w_ih.shape[0], dtype=acc)
+    for t in range(T - 1, -1, -1):
+        dht = dh + dy[t]
+        deriv = (hs[t] > 0).to(acc) if relu else 1 - hs[t] * hs[t]
+        dg[t] = torch.where(mask[t], dht * deriv, 0.0)
+        dh = torch.where(mask[t], dg[t] @ w_hh, dh)
+    h_prev = torch.cat((h0.unsqueeze(0), hs[:-1]))
+    flat = dg.reshape(T * B, -1)
+    dw_ih = flat.t() @ x.reshape(T * B, -1)
+    dw_hh = flat.t() @ h_prev.reshape(T * B, -1)
+    dx = (flat @ w_ih).view(T, B, -1)
+    db = flat.sum(0) if a["b_ih"] is not None else None
+    out = (y, h, dx, dh, dw_ih, dw_hh, db, db)
+    return tuple(None if t is None else t.to(dt) for t in out)
 
 
 @contextlib.contextmanager
@@ -137,26 +216,80 @@ REF_CASES = [
 @pytest.mark.parametrize(
     "case", REF_CASES, ids=lambda c: f"T{c[0]}-B{c[1]}-I{c[2]}-H{c[3]}-threads{c[5]}"
 )
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_matches_reference(cell, case, dtype):
     T, B, n_in, H, lengths, threads = case
     a = _make(cell, T, B, n_in, H, dtype, True, lengths)
     grads = _grads(cell, T, B, H, dtype)
     with _num_threads(threads):
-        got = _contract_run(CPP, cell, a, grads)
-    want = _contract_run(REF, cell, a, grads)
+        got = _cpp_run(cell, a, grads)
+    if _op(cell) == "rnn":
+        want = _rnn_loop_run(cell, a, grads)
+    else:
+        want = _contract_run(REF, cell, a, grads)
     # Both compute in the same acc dtype; what differs is summation order (and for bf16 the
-    # rounding of y, which feeds dW_hh, against the reference's saved float32 state).
+    # rounding of y, which feeds dW_hh and the RNN's activation derivative, against the
+    # reference's float32 state).
     tol = {torch.float64: (1e-12, 1e-10), torch.float32: (2e-5, 2e-5), torch.bfloat16: (3e-2, 3e-2)}
     atol, rtol = tol[dtype]
-    for i, (g, w) in enumerate(zip(got, want)):
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
         assert (g is None) == (w is None), f"output {i}"
         if g is not None:
             assert g.dtype == w.dtype, f"output {i}: {g.dtype} vs {w.dtype}"
             torch.testing.assert_close(g, w, atol=atol, rtol=rtol, msg=lambda m, i=i: f"#{i}: {m}")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_matches_nn_rnn(nonlinearity):
+    """rnn_fwd / rnn_bwd against nn.RNN itself (float32, autograd through torch's kernels)."""
+    T, B, n_in, H = 7, 5, 11, 37
+    m = torch.nn.RNN(n_in, H, nonlinearity=nonlinearity)
+    x = torch.randn(T, B, n_in, requires_grad=True)
+    h0 = torch.randn(1, B, H, requires_grad=True)
+    y, hn = m(x, h0)
+    dy, dhn = torch.randn(T, B, H), torch.randn(B, H)
+    params = [m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0]
+    want = torch.autograd.grad((y, hn[0]), [x, h0, *params], (dy, dhn))
+    p = [t.detach() for t in params]
+    relu = nonlinearity == "relu"
+    y2, hn2 = ops.rnn_fwd(x.detach(), h0[0].detach(), *p, None, relu, True)
+    got = ops.rnn_bwd(x.detach(), h0[0].detach(), p[0], p[1], y2, None, relu, dy, dhn)
+    torch.testing.assert_close(y2, y.detach(), atol=2e-6, rtol=2e-5)
+    torch.testing.assert_close(hn2, hn[0].detach(), atol=2e-6, rtol=2e-5)
+    for g, w in zip((*got, got[4]), (want[0], want[1][0], *want[2:]), strict=True):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
+
+
+def test_lstm_proj_matches_nn_lstm():
+    """lstm_fwd / lstm_bwd with w_hr against nn.LSTM(proj_size=...) itself (float32)."""
+    T, B, n_in, H, P = 6, 5, 9, 21, 7
+    m = torch.nn.LSTM(n_in, H, proj_size=P)
+    x = torch.randn(T, B, n_in, requires_grad=True)
+    h0 = torch.randn(1, B, P, requires_grad=True)
+    c0 = torch.randn(1, B, H, requires_grad=True)
+    y, (hn, cn) = m(x, (h0, c0))
+    dy, dhn, dcn = torch.randn(T, B, P), torch.randn(B, P), torch.randn(B, H)
+    w_ih, w_hh, b_ih, b_hh, w_hr = (
+        m.weight_ih_l0,
+        m.weight_hh_l0,
+        m.bias_ih_l0,
+        m.bias_hh_l0,
+        m.weight_hr_l0,
+    )
+    want = list(
+        torch.autograd.grad((y, hn[0], cn[0]), [x, h0, c0, w_ih, w_hh, b_ih, w_hr], (dy, dhn, dcn))
+    )
+    want[1], want[2] = want[1][0], want[2][0]
+    d = [t.detach() for t in (x, h0[0], c0[0], w_ih, w_hh, b_ih, b_hh, w_hr)]
+    out = ops.lstm_fwd(*d, None, True)
+    for g, w in zip(out[:3], (y, hn[0], cn[0])):
+        torch.testing.assert_close(g, w.detach(), atol=2e-6, rtol=2e-5)
+    got = ops.lstm_bwd(*d[:5], d[7], *out[:1], *out[3:], None, dy, dhn, dcn)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_padding_semantics(cell):
     """y is 0 at padded steps, the final state is the one after step len-1, and inputs at padded
     steps (even NaN ones) do not reach anything."""
@@ -164,35 +297,40 @@ def test_padding_semantics(cell):
     a = _make(cell, T, B, n_in, H, torch.float64, True, [6, 2, 4])
     a["x"][2:, 1] = float("nan")
     a["x"][4:, 2] = float("nan")
-    out = getattr(ops, f"{cell}_fwd")(*_fwd_args(cell, a, True))
+    out = getattr(ops, f"{_op(cell)}_fwd")(*_fwd_args(cell, a, True))
     y, hn = out[0], out[1]
-    assert torch.equal(y[2:, 1], torch.zeros(T - 2, H, dtype=y.dtype))
-    assert torch.equal(y[4:, 2], torch.zeros(T - 4, H, dtype=y.dtype))
+    P = y.shape[2]
+    assert torch.equal(y[2:, 1], torch.zeros(T - 2, P, dtype=y.dtype))
+    assert torch.equal(y[4:, 2], torch.zeros(T - 4, P, dtype=y.dtype))
     assert torch.isfinite(y).all() and torch.isfinite(hn).all()
     torch.testing.assert_close(hn, torch.stack([y[5, 0], y[1, 1], y[3, 2]]), rtol=0, atol=0)
-    dy = torch.randn(T, B, H, dtype=torch.float64)
+    dy = torch.randn(T, B, P, dtype=torch.float64)
     dy[2:, 1] = float("nan")  # must be ignored at padded steps
     grads = (dy, *_grads(cell, T, B, H, torch.float64)[1:])
-    dx = getattr(ops, f"{cell}_bwd")(*_bwd_args(cell, a, out, grads))[0]
+    got = getattr(ops, f"{_op(cell)}_bwd")(*_bwd_args(cell, a, out, grads))
+    dx = got[0]
+    # (not dW_ih = dG^T x: 0 * NaN there, as in the reference; padding is zeros in practice)
+    for i, g in enumerate(got):
+        assert i == 3 - (_op(cell) != "lstm") or torch.isfinite(g).all(), i
     assert torch.isfinite(dx[:2, 1]).all()
     assert torch.equal(dx[2:, 1], torch.zeros(T - 2, n_in, dtype=dx.dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_nan_and_inf_propagate(cell, dtype):
     """No fast-math: a NaN in x makes that row's outputs NaN (as in torch), and saturating inputs
     (+inf pre-activations) saturate the gates instead of giving NaN."""
     T, B, n_in, H = 3, 2, 4, 9
     a = _make(cell, T, B, n_in, H, dtype)
     a["x"][1, 0, 2] = float("nan")
-    y, hn = getattr(ops, f"{cell}_fwd")(*_fwd_args(cell, a, False))[:2]
+    y, hn = getattr(ops, f"{_op(cell)}_fwd")(*_fwd_args(cell, a, False))[:2]
     assert torch.isnan(y[1:, 0]).all() and torch.isnan(hn[0]).all()
     assert torch.isfinite(y[:, 1]).all() and torch.isfinite(y[0]).all()
     a = _make(cell, T, B, n_in, H, dtype)
     a["x"][0, 1] = float("inf")
     a["w_ih"].abs_()  # every input pre-activation of row 1 at step 0 is +inf
-    y = getattr(ops, f"{cell}_fwd")(*_fwd_args(cell, a, False))[0]
+    y = getattr(ops, f"{_op(cell)}_fwd")(*_fwd_args(cell, a, False))[0]
     assert not torch.isnan(y[0, 1]).any()
 
 
@@ -205,7 +343,16 @@ def _float32_tanh_via_lstm(x):
     b_ih = torch.tensor([100.0, 0.0, 0.0, 0.0])
     zeros = torch.zeros(n, 1)
     out = ops.lstm_fwd(
-        x.view(1, n, 1), zeros, zeros, w_ih, torch.zeros(4, 1), b_ih, torch.zeros(4), None, False
+        x.view(1, n, 1),
+        zeros,
+        zeros,
+        w_ih,
+        torch.zeros(4, 1),
+        b_ih,
+        torch.zeros(4),
+        None,
+        None,
+        False,
     )
     return out[2].view(-1)
 
@@ -246,10 +393,20 @@ def test_float32_tanh_accuracy():
 
 
 # ----------------------------------------------------------------------------- torch.compile
-@pytest.mark.parametrize("cls", [fused_rnn.LSTM, fused_rnn.GRU], ids=["lstm", "gru"])
-def test_compile_fullgraph_cpp(cls):
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (fused_rnn.LSTM, {}),
+        (fused_rnn.LSTM, {"proj_size": 2}),
+        (fused_rnn.GRU, {}),
+        (fused_rnn.RNN, {}),
+        (fused_rnn.RNN, {"nonlinearity": "relu"}),
+    ],
+    ids=["lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu"],
+)
+def test_compile_fullgraph_cpp(cls, kw):
     torch._dynamo.reset()
-    m = cls(3, 5, backend="cpp")
+    m = cls(3, 5, backend="cpp", **kw)
     x = torch.randn(4, 2, 3, requires_grad=True)
     y_eager = m(x)[0]
     (gx_eager,) = torch.autograd.grad(y_eager.sum(), x)
@@ -258,6 +415,24 @@ def test_compile_fullgraph_cpp(cls):
     (gx,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(y, y_eager)
     torch.testing.assert_close(gx, gx_eager)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_compile_fullgraph_rnn_ops(relu):
+    """rnn_fwd / rnn_bwd trace through their fake kernels without a graph break."""
+    torch._dynamo.reset()
+    a = _make("rnn_relu" if relu else "rnn_tanh", 4, 2, 3, 5, torch.float32)
+    args = _fwd_args("rnn_relu" if relu else "rnn_tanh", a, True)
+    dy, dhn = torch.randn(4, 2, 5), torch.randn(2, 5)
+
+    def both(x, h0, w_ih, w_hh, b_ih, b_hh):
+        y, hn = ops.rnn_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, None, relu, True)
+        return (y, hn, *ops.rnn_bwd(x, h0, w_ih, w_hh, y, None, relu, dy, dhn))
+
+    want = both(*args[:6])
+    got = torch.compile(both, fullgraph=True, backend="aot_eager")(*args[:6])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -273,6 +448,10 @@ BAD_INPUT = [
     ("lengths 0", lambda a: a.update(lengths=torch.tensor([0, 1])), r"outside \[1, T\]"),
     ("lengths int32", lambda a: a.update(lengths=torch.tensor([1, 1]).int()), "dtype Long"),
     ("w_ih rows", lambda a: a.update(w_ih=torch.randn(12, 3)), r"w_ih must have shape \(16, 3\)"),
+    # a projection (P, H) = (3, 4): w_hh and h0 must then have P = 3 columns
+    ("w_hr vs w_hh", lambda a: a.update(w_hr=torch.randn(3, 4)), r"w_hh must have shape \(16, 3\)"),
+    ("w_hr cols", lambda a: a.update(w_hr=torch.randn(4, 5)), r"w_hh must have shape \(20, 4\)"),
+    ("w_hr 1-d", lambda a: a.update(w_hr=torch.randn(4)), r"w_hr must be \(P, H\)"),
 ]
 
 
@@ -297,24 +476,30 @@ def test_bwd_without_saved_activations_is_an_error():
 def test_backend_reasons():
     assert CPP.available() is None
     x = torch.randn(2, 1, 3)
-    assert CPP.supports("lstm", x, False) is None
-    assert "proj_size" in CPP.supports("lstm", x, True)
+    for cell in fused_rnn.cells.CELLS.values():
+        assert CPP.supports(cell, x, False) is None
+    assert CPP.supports(fused_rnn.cells.LSTM_CELL, x, True) is None
+    assert "proj_size" in CPP.supports(fused_rnn.cells.RNN_TANH_CELL, x, True)
     assert "float16, bfloat16" in CPP.supports("gru", x.to(torch.complex64), False)
     assert "runs on cuda" in CudaBackend().supports("gru", x, False)
     if not torch.cuda.is_available():
         assert CudaBackend().available() is not None
 
 
+@pytest.mark.skipif(
+    not os.path.isdir(os.path.join(os.path.dirname(os.path.dirname(fused_rnn.__file__)), "csrc")),
+    reason="fused_rnn is an installed package here: no sources beside it to be older than",
+)
 def test_stale_library_detected(tmp_path):
     """A library older than the sources it was built from is reported (editable installs)."""
     lib = tmp_path / "_C.so"
     lib.write_bytes(b"")
     os.utime(lib, (0, 0))
     stale = _stale_sources(str(lib))
-    assert "csrc/ops.cpp" in stale and "csrc/cpu/lstm.cpp" in stale
+    assert "csrc/ops.cpp" in stale and "csrc/cpu/recurrence.h" in stale
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
 def test_blas_gemm_fallback_matches(tmp_path, cell):
     """float32 runs its GEMMs on the packed-panel AVX2 kernel (csrc/cpu/panel_gemm.h); the BLAS
     fallback (FUSED_RNN_CPU_PANEL_GEMM=0, also what float64 and non-AVX2 builds use) must give
@@ -332,10 +517,10 @@ def test_blas_gemm_fallback_matches(tmp_path, cell):
         "import sys, torch, fused_rnn\n"
         "from fused_rnn.ops import CppBackend\n"
         "sys.path.insert(0, sys.argv[2])\n"
-        "from test_ops import _contract_run\n"
+        "from test_ops import _cpp_run\n"
         "a, g = torch.load(sys.argv[1] + '/case.pt')\n"
         "torch.set_num_threads(2)\n"
-        f"torch.save(_contract_run(CppBackend(), '{cell}', a, g), sys.argv[1] + '/out.pt')\n"
+        f"torch.save(_cpp_run('{cell}', a, g), sys.argv[1] + '/out.pt')\n"
     )
     env = {**os.environ, "FUSED_RNN_CPU_PANEL_GEMM": "0"}
     here = os.path.dirname(os.path.abspath(__file__))
@@ -344,12 +529,12 @@ def test_blas_gemm_fallback_matches(tmp_path, cell):
     )
     unpacked = torch.load(tmp_path / "out.pt")
     with _num_threads(2):
-        packed = _contract_run(CPP, cell, a, grads)
+        packed = _cpp_run(cell, a, grads)
     # Both are float32 with a different summation order, so neither is "the" answer: each is held
     # against the float64 result (which runs the BLAS path) and the panel kernel's error may be at
     # most twice the BLAS path's, plus a few float32 ulps of the result's scale.
     a64 = {k: (v.double() if v is not None and v.is_floating_point() else v) for k, v in a.items()}
-    ref = _contract_run(CPP, cell, a64, tuple(g.double() for g in grads))
+    ref = _cpp_run(cell, a64, tuple(g.double() for g in grads))
     eps = torch.finfo(torch.float32).eps
     for i, (p, u, r) in enumerate(zip(packed, unpacked, ref)):
         if r is None:

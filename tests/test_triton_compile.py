@@ -4,8 +4,10 @@ compiler rejects, so a kernel that would not build on the H100 fails here first.
 
 The compile runs in a subprocess without TRITON_INTERPRET (conftest sets it for this process,
 and interpreted kernels cannot be compiled). The default run compiles the largest config of
-each kernel and path (resident, streamed, step) in bf16 and fp32; ``-m slow`` adds every
-shipped config.
+each path (resident, streamed, step), forward and backward, for the LSTM and GRU in bf16 and
+fp32 and for the RNN (tanh, relu) and the LSTM with proj_size in bf16 (their fp32 kernels
+differ from those only in the cell's pointwise code); ``-m slow`` adds every shipped config
+of every variant.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def _compile(*flags: str) -> list[str]:
     return proc.stdout.splitlines()
 
 
-def _expected(everything: bool) -> int:
-    code = f"from fused_rnn.triton import aot; print(len(aot.jobs({everything})))"
+def _expected(*flags: str) -> int:
+    code = f"from fused_rnn.triton import aot; print(aot.main_jobs({list(flags)!r}))"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True
@@ -45,19 +47,25 @@ def _expected(everything: bool) -> int:
     return int(out.stdout)
 
 
-def _check(lines: list[str], n: int) -> None:
-    assert len(lines) == n, lines
-    for kernel in ("_lstm_fwd_kernel", "_lstm_bwd_kernel", "_gru_fwd_kernel", "_gru_bwd_kernel"):
-        for path in ("'resident'", "'streamed'", "'step'"):
-            assert any(kernel in ln and path in ln for ln in lines), (kernel, path)
+def _check(flags: tuple[str, ...], variants: tuple[str, ...]) -> None:
+    lines = _compile(*flags, *variants)
+    assert len(lines) == _expected(*flags, *variants), lines
+    for v in variants:
+        for kernel in (f"{v}_fwd ", f"{v}_bwd "):
+            for path in ("'resident'", "'streamed'", "'step'"):
+                assert any(ln.startswith(kernel) and path in ln for ln in lines), (kernel, path)
     # every line reports the cubin's register count: the kernel was built to SASS
     assert all("'REG'" in ln for ln in lines)
 
 
 def test_largest_configs_compile_for_sm90():
-    _check(_compile(), _expected(False))
+    _check((), ("lstm", "gru"))
+
+
+def test_rnn_and_proj_compile_for_sm90():
+    _check(("--bf16",), ("rnn_tanh", "rnn_relu", "lstm_proj"))
 
 
 @pytest.mark.slow
 def test_every_shipped_config_compiles_for_sm90():
-    _check(_compile("--all"), _expected(True))
+    _check(("--all",), ("lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_proj"))

@@ -1,9 +1,9 @@
 """Kernel-level tests of the Triton backend: every kernel path (in-kernel time loop with W_hh
-resident on chip or streamed, and one launch per step) against the float64 reference
-backend, with several programs per launch, several K chunks, per-sequence lengths and initial
-states; the half dtypes; the custom ops (opcheck, torch.compile); the choice of path. On a
-CPU-only machine they run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
-so shapes stay tiny.
+resident on chip or streamed, and one launch per step) for every cell (LSTM, GRU, RNN tanh /
+relu, LSTM with proj_size) against torch.nn in float64, with several programs per launch,
+several K chunks, per-sequence lengths and initial states; the half dtypes; the custom ops
+(opcheck, torch.compile); the choice of path. On a CPU-only machine they run in Triton's
+interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay tiny.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import pytest
 import torch
 
 import fused_rnn  # noqa: F401  (conftest has set TRITON_INTERPRET before this import)
-from fused_rnn.reference import ReferenceBackend
+from fused_rnn.cells import CELLS, Cell
 
 triton_pkg = pytest.importorskip("fused_rnn.triton")
 from fused_rnn.triton import config  # noqa: E402
 from fused_rnn.triton.backend import TritonBackend  # noqa: E402
+from fused_rnn.triton.cells import SPECS  # noqa: E402
 from fused_rnn.triton.common import INTERPRET  # noqa: E402
 
 BE = TritonBackend()
-REF = ReferenceBackend()
 DEV = "cpu" if INTERPRET else "cuda"
 pytestmark = pytest.mark.skipif(BE.available() is not None, reason=str(BE.available()))
 
@@ -36,186 +36,213 @@ CASES = {
     "T5-B3-I7-H13-bias": (5, 3, 7, 13, None, True),
     "T5-B5-I4-H20-len-nobias": (5, 5, 4, 20, [5, 1, 3, 5, 2], False),
 }
+# The cells as tested: "lstm_proj" is the LSTM with proj_size = H // 2.
+VARIANTS = ["lstm", "gru", "rnn_tanh", "rnn_relu", "lstm_proj"]
 
 
-def _params(cell, n_in, H, dtype, bias):
-    G = 4 if cell == "lstm" else 3
-    k = H**-0.5
-    w = [torch.empty(G * H, n_in).uniform_(-k, k), torch.empty(G * H, H).uniform_(-k, k)]
-    b = [torch.empty(G * H).uniform_(-k, k) for _ in range(2)] if bias else [None, None]
-    return [None if p is None else p.to(DEV, dtype) for p in w + b]
+def _module(variant: str, n_in: int, H: int, bias: bool) -> torch.nn.RNNBase:
+    if variant.startswith("lstm"):
+        return torch.nn.LSTM(n_in, H, bias=bias, proj_size=H // 2 if variant == "lstm_proj" else 0)
+    if variant == "gru":
+        return torch.nn.GRU(n_in, H, bias=bias)
+    return torch.nn.RNN(n_in, H, bias=bias, nonlinearity=variant.removeprefix("rnn_"))
 
 
-def _run(be, cell, inputs, params, lengths, grads_in):
-    """Forward + backward through one backend; returns every output and every gradient (the
-    bias gradients as None without biases, as the contract says: the reference computes them
-    anyway, so they are dropped here)."""
-    x, h0, c0 = inputs
-    dy, dhn, dcn = grads_in
-    if cell == "lstm":
-        y, hn, cn, saved = be.lstm_fwd(x, h0, c0, *params, None, lengths, True)
-        outs, grads = [y, hn, cn], list(be.lstm_bwd(saved, dy, dhn, dcn)[:7])
-    else:
-        y, hn, saved = be.gru_fwd(x, h0, *params, lengths, True)
-        outs, grads = [y, hn], list(be.gru_bwd(saved, dy, dhn))
-    if be is REF and params[2] is None:
-        grads[-2:] = [None, None]
-    return outs, grads
+def _weights(mod: torch.nn.RNNBase) -> list:
+    """[w_ih, w_hh, b_ih, b_hh, w_hr] of layer 0, None where the module has none."""
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+    return [getattr(mod, f"{n}_l0", None) for n in names]
 
 
-def _case(cell, T, B, n_in, H, lengths, bias, dtype):
-    """Random inputs in ``dtype`` on DEV, and the same values in float64 for the oracle."""
-    params = _params(cell, n_in, H, dtype, bias)
+def _case(variant, T, B, n_in, H, lengths, bias, dtype):
+    """nn.RNNBase-initialised weights and random inputs in ``dtype`` on DEV: (x, hx), params
+    [w_ih, w_hh, b_ih, b_hh, w_hr], lengths, (dy, dhn)."""
+    mod = _module(variant, n_in, H, bias)
+    params = [None if w is None else w.detach().to(DEV, dtype) for w in _weights(mod)]
+    P = mod.proj_size or H
+    lstm = variant.startswith("lstm")
     x = torch.randn(T, B, n_in, device=DEV).to(dtype)
-    h0 = torch.randn(B, H, device=DEV).to(dtype)
-    c0 = torch.randn(B, H, device=DEV).to(dtype)
-    dy = torch.randn(T, B, H, device=DEV).to(dtype)
-    dhn = torch.randn(B, H, device=DEV).to(dtype)
-    dcn = torch.randn(B, H, device=DEV).to(dtype)
+    hx = (torch.randn(B, P, device=DEV).to(dtype),)
+    hx += (torch.randn(B, H, device=DEV).to(dtype),) if lstm else ()
+    dy = torch.randn(T, B, P, device=DEV).to(dtype)
+    dhn = tuple(torch.randn_like(h) for h in hx)
     lens = None if lengths is None else torch.tensor(lengths, device=DEV)
     if lens is not None:
         dy = dy * (torch.arange(T, device=DEV)[:, None] < lens)[..., None]  # contract: ignored
-    return (x, h0, c0), params, lens, (dy, dhn, dcn)
+    return (x, hx), params, lens, (dy, dhn)
 
 
-def _f64(ts):
-    return [None if t is None else t.double() for t in ts]
+def _cell(variant):
+    return CELLS[variant.removesuffix("_proj")]
+
+
+def _run(variant, inputs, params, lengths, grads_in):
+    """Forward + backward through the Triton backend: [y, *hn], [dx, *dhx, dw_ih, dw_hh,
+    db_ih, db_hh, dw_hr]."""
+    (x, hx), (dy, dhn) = inputs, grads_in
+    y, hn, saved = BE.fwd(_cell(variant), x, hx, *params, lengths, True)
+    dx, dhx, *dw = BE.bwd(_cell(variant), saved, dy, dhn)
+    return [y, *hn], [dx, *dhx, *dw]
+
+
+def _oracle(variant, inputs, params, lengths, grads_in, dtype, device):
+    """The same through torch.nn in ``dtype`` on ``device``: each sequence alone up to its
+    length (outputs past it 0), or the whole batch at once without lengths."""
+    (x, hx), (dy, dhn) = inputs, grads_in
+    T, B, n_in = x.shape
+    mod = _module(variant, n_in, hx[-1].shape[1], params[2] is not None).to(device, dtype)
+    with torch.no_grad():
+        for w, v in zip(_weights(mod), params):
+            if w is not None:
+                w.copy_(v)
+    x, *hx = (t.detach().to(device, dtype).requires_grad_() for t in (x, *hx))
+    dy, *dhn = (t.to(device, dtype) for t in (dy, *dhn))
+    spans = (
+        [(slice(0, B), T)]
+        if lengths is None
+        else [(slice(b, b + 1), int(n)) for b, n in enumerate(lengths)]
+    )
+    y, hn, loss = torch.zeros_like(dy), [torch.zeros_like(h) for h in hx], 0
+    for bs, n in spans:
+        h_in = tuple(h[None, bs] for h in hx)
+        out, h_out = mod(x[:n, bs], h_in if len(hx) == 2 else h_in[0])
+        h_out = h_out if len(hx) == 2 else (h_out,)
+        loss = loss + (out * dy[:n, bs]).sum()
+        with torch.no_grad():
+            y[:n, bs] = out
+        for k, h in enumerate(h_out):
+            loss = loss + (h[0] * dhn[k][bs]).sum()
+            with torch.no_grad():
+                hn[k][bs] = h[0]
+    weights = _weights(mod)
+    present = [w for w in weights if w is not None]
+    grads = iter(torch.autograd.grad(loss, [x, *hx, *present]))
+    g = [next(grads) for _ in range(1 + len(hx))]
+    g += [None if w is None else next(grads) for w in weights]
+    return [y, *hn], g
 
 
 def _compare(got, want, atol, rtol, what):
-    for k, (g, w) in enumerate(zip(got, want)):
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
         assert (g is None) == (w is None), f"{what}[{k}]: None mismatch"
         if g is None:
             continue
         assert g.shape == w.shape, f"{what}[{k}]: shape {tuple(g.shape)} != {tuple(w.shape)}"
-        torch.testing.assert_close(g.double(), w.double(), atol=atol, rtol=rtol, msg=f"{what}[{k}]")
+        assert g.dtype == w.dtype or w.dtype == torch.float64, f"{what}[{k}]: dtype {g.dtype}"
+        torch.testing.assert_close(
+            g.double().cpu(), w.double().cpu(), atol=atol, rtol=rtol, msg=f"{what}[{k}]"
+        )
 
 
 @pytest.mark.parametrize("path", config.PATHS)
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_fp32_matches_float64_reference(monkeypatch, path, cell, case):
+def test_fp32_matches_torch_float64(monkeypatch, path, variant, case):
     monkeypatch.setenv(config.PATH_ENV, path)
-    inputs, params, lens, grads_in = _case(cell, *CASES[case], torch.float32)
-    outs, grads = _run(BE, cell, inputs, params, lens, grads_in)
-    r_outs, r_grads = _run(REF, cell, _f64(inputs), _f64(params), lens, _f64(grads_in))
+    inputs, params, lens, grads_in = _case(variant, *CASES[case], torch.float32)
+    outs, grads = _run(variant, inputs, params, lens, grads_in)
+    want_outs, want_grads = _oracle(variant, inputs, params, lens, grads_in, torch.float64, "cpu")
     # fp32 kernels against float64: errors seen here are ~1e-6 (docs/triton_backend.md)
-    _compare(outs, r_outs, 1e-5, 1e-5, f"{cell} outputs")
-    _compare(grads, r_grads, 2e-5, 1e-5, f"{cell} grads")
+    _compare(outs, want_outs, 1e-5, 1e-5, f"{variant} outputs")
+    _compare(grads, want_grads, 2e-5, 1e-5, f"{variant} grads")
     if lens is not None:  # outputs past each sequence's end are exactly zero
         pad = torch.arange(outs[0].shape[0], device=DEV)[:, None] >= lens
         assert torch.all(outs[0][pad] == 0)
 
 
-def _run_torch(cell, inputs, params, grads_in):
-    """nn.LSTM / nn.GRU (cuDNN on a GPU) in the inputs' dtype, full-length sequences: the
-    outputs and gradients in _run's layout."""
-    x, h0, c0 = (t.detach().requires_grad_() for t in inputs)
-    n_in, H = x.shape[2], h0.shape[1]
-    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(n_in, H).to(x.device, x.dtype)
-    with torch.no_grad():
-        for p, v in zip(mod.parameters(), params):
-            p.copy_(v)
-    dy, dhn, dcn = grads_in
-    if cell == "lstm":
-        y, (hn, cn) = mod(x, (h0[None], c0[None]))
-        outs, wrt = [y, hn[0], cn[0]], [x, h0, c0]
-        loss = (y * dy).sum() + (hn[0] * dhn).sum() + (cn[0] * dcn).sum()
-    else:
-        y, hn = mod(x, h0[None])
-        outs, wrt = [y, hn[0]], [x, h0]
-        loss = (y * dy).sum() + (hn[0] * dhn).sum()
-    grads = torch.autograd.grad(loss, wrt + list(mod.parameters()))
-    return [o.detach() for o in outs], list(grads)
-
-
-def _check_half(cell, dtype, T, B, n_in, H, lengths):
+def _check_half(variant, dtype, T, B, n_in, H, lengths):
     """In half precision the kernel's error against float64 is at most twice the baseline's
-    error in the same dtype. Baseline: on the CPU (the interpreter's dots run in fp32) the
-    reference backend, which keeps fp32 state and GEMMs; on a GPU, where the kernel rounds h
-    to the dtype for the tensor cores as cuDNN does, nn.LSTM / nn.GRU (full lengths)."""
-    inputs, params, lens, grads_in = _case(cell, T, B, n_in, H, lengths, True, dtype)
-    exact = _run(REF, cell, _f64(inputs), _f64(params), lens, _f64(grads_in))
-    ours = _run(BE, cell, inputs, params, lens, grads_in)
+    error in the same dtype. Baseline: on the CPU (the interpreter's dots run in fp32) torch.nn
+    in fp32 on the same half values, rounded to the dtype (fp32 state and GEMMs, as the
+    reference backend); on a GPU, where the kernel rounds h to the dtype for the tensor cores
+    as cuDNN does, torch.nn in the dtype (full lengths)."""
+    inputs, params, lens, grads_in = _case(variant, T, B, n_in, H, lengths, True, dtype)
+    exact = _oracle(variant, inputs, params, lens, grads_in, torch.float64, "cpu")
+    ours = _run(variant, inputs, params, lens, grads_in)
     if DEV == "cpu":
-        base = _run(REF, cell, inputs, params, lens, grads_in)
+        base = _oracle(variant, inputs, params, lens, grads_in, torch.float32, "cpu")
+        base = [[None if t is None else t.to(dtype) for t in grp] for grp in base]
     else:
-        assert lens is None, "nn.LSTM baseline runs full-length sequences"
+        assert lens is None, "the cuDNN baseline runs full-length sequences"
         try:
-            base = _run_torch(cell, inputs, params, grads_in)
+            base = _oracle(variant, inputs, params, lens, grads_in, dtype, DEV)
         except RuntimeError as e:  # bf16 RNNs need cuDNN >= 9.13 (TARGETS.md)
-            pytest.skip(f"no nn.{cell.upper()} baseline in {dtype} here: {e}")
+            pytest.skip(f"no nn baseline for {variant} in {dtype} here: {e}")
     for grp in range(2):
         for k, (o, b, e) in enumerate(zip(ours[grp], base[grp], exact[grp])):
+            if e is None:
+                continue
             assert o.dtype == dtype and o.shape == e.shape
-            err = (o.double() - e).abs().max().item()
-            ref_err = (b.double() - e).abs().max().item()
+            err = (o.double().cpu() - e).abs().max().item()
+            ref_err = (b.double().cpu() - e).abs().max().item()
             # Floor: one rounding step of the dtype at the tensor's scale. The input projection
-            # is rounded to the dtype (as cuDNN does; the reference keeps it in fp32), so an
-            # output can land one ulp away from the reference's rounding.
+            # is rounded to the dtype (as cuDNN does; the baseline keeps it in fp32), so an
+            # output can land one ulp away from the baseline's rounding.
             floor = torch.finfo(dtype).eps * e.abs().max().item()
-            assert err <= 2 * ref_err + floor, f"{cell} {dtype} [{grp}][{k}]: {err} vs {ref_err}"
+            assert err <= 2 * ref_err + floor, f"{variant} {dtype} [{grp}][{k}]: {err} vs {ref_err}"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_half_error_within_2x_reference(cell, dtype):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_half_error_within_2x_baseline(variant, dtype):
     T, B, n_in, H, lengths, _ = CASES["T5-B5-I4-H20-len-nobias"]
-    _check_half(cell, dtype, T, B, n_in, H, lengths)
+    _check_half(variant, dtype, T, B, n_in, H, lengths)
 
 
 def test_final_state_is_state_at_each_length():
     """hn / cn are the state after step lengths[b]-1: running each sequence alone to its own
     length gives the same final state."""
     lengths = [6, 2, 4]
-    inputs, params, lens, _ = _case("lstm", 6, 3, 5, 12, lengths, True, torch.float32)
-    x, h0, c0 = inputs
-    y, hn, cn, _ = BE.lstm_fwd(x, h0, c0, *params, None, lens, False)
+    (x, hx), params, lens, _ = _case("lstm", 6, 3, 5, 12, lengths, True, torch.float32)
+    y, hn, _ = BE.fwd(CELLS["lstm"], x, hx, *params, lens, False)
     for b, n in enumerate(lengths):
-        yb, hb, cb, _ = BE.lstm_fwd(
-            x[:n, b : b + 1].contiguous(), h0[b : b + 1], c0[b : b + 1], *params, None, None, False
-        )
-        torch.testing.assert_close(hn[b : b + 1], hb, atol=1e-6, rtol=1e-6)
-        torch.testing.assert_close(cn[b : b + 1], cb, atol=1e-6, rtol=1e-6)
+        hb = tuple(h[b : b + 1] for h in hx)
+        yb, hnb, _ = BE.fwd(CELLS["lstm"], x[:n, b : b + 1].contiguous(), hb, *params, None, False)
+        for h, want in zip(hn, hnb, strict=True):
+            torch.testing.assert_close(h[b : b + 1], want, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(y[:n, b : b + 1], yb, atol=1e-6, rtol=1e-6)
 
 
-def test_inference_skips_saved_state():
-    inputs, params, _, _ = _case("gru", 4, 2, 3, 8, None, True, torch.float32)
-    x, h0, _ = inputs
-    y, hn, saved = BE.gru_fwd(x, h0, *params, None, False)
-    y2, hn2, saved2 = BE.gru_fwd(x, h0, *params, None, True)
+@pytest.mark.parametrize("variant", ["gru", "rnn_relu"])
+def test_inference_skips_saved_state(variant):
+    (x, hx), params, _, _ = _case(variant, 4, 2, 3, 8, None, True, torch.float32)
+    y, hn, saved = BE.fwd(_cell(variant), x, hx, *params, None, False)
+    y2, hn2, saved2 = BE.fwd(_cell(variant), x, hx, *params, None, True)
     assert saved == () and len(saved2) > 0
     torch.testing.assert_close(y, y2, atol=0, rtol=0)
     torch.testing.assert_close(hn, hn2, atol=0, rtol=0)
 
 
-def test_custom_ops_opcheck():
-    """The four custom ops have consistent fake kernels and schemas (torch.library.opcheck)."""
-    T, B, H = 3, 2, 8
+@pytest.mark.parametrize("variant", ["lstm", "gru", "rnn_tanh"])
+def test_custom_ops_opcheck(variant):
+    """The two custom ops have consistent fake kernels and schemas (torch.library.opcheck)
+    for a cell with c (LSTM), one with a separate hidden-side column (GRU) and one that saves
+    no activations (RNN)."""
+    spec = SPECS[variant]
+    T, B, H = 3, 2, 4
     lens = torch.tensor([3, 2], device=DEV)
     h0, c0 = torch.randn(B, H, device=DEV), torch.randn(B, H, device=DEV)
-    w = torch.randn(4 * H, H, device=DEV) * 0.3
-    xp = torch.randn(T, B, 4 * H, device=DEV)
-    bias = torch.randn(4 * H, device=DEV)
+    c0 = c0 if spec.has_c else None
+    w = torch.randn(spec.G * H, H, device=DEV) * 0.3
+    xp = torch.randn(T, B, spec.G * H, device=DEV)
+    bias = torch.randn(spec.NG * H, device=DEV)
     ops = torch.ops.fused_rnn
-    torch.library.opcheck(ops.triton_lstm_fwd, (xp, w, bias, lens, h0, c0, True))
-    _, hs, cs, gates = ops.triton_lstm_fwd(xp, w, bias, lens, h0, c0, True)
+    torch.library.opcheck(ops.triton_recurrence_fwd, (spec.kid, xp, w, bias, lens, h0, c0, True))
+    _, hs, cs, gates = ops.triton_recurrence_fwd(spec.kid, xp, w, bias, lens, h0, c0, True)
     dy = torch.randn(T, B, H, device=DEV)
-    torch.library.opcheck(ops.triton_lstm_bwd, (w, lens, gates, cs, dy, h0, c0))
-    w3, xp3 = w[: 3 * H].contiguous(), xp[..., : 3 * H].contiguous()
-    torch.library.opcheck(ops.triton_gru_fwd, (xp3, w3, bias, lens, h0, True))
-    _, hs3, gates3 = ops.triton_gru_fwd(xp3, w3, bias, lens, h0, True)
-    torch.library.opcheck(ops.triton_gru_bwd, (w3, lens, gates3, hs3, dy, h0))
+    args = (spec.kid, w, lens, gates, hs, cs, dy, h0, c0)
+    torch.library.opcheck(ops.triton_recurrence_bwd, args)
 
 
 @pytest.mark.parametrize(
     "bad,match",
     [
-        ("w_dtype", "w_hh has dtype"),
+        ("w_dtype", "xp has dtype"),
         ("w_shape", r"w_hh has shape \(32, 7\)"),
         ("lengths", "lengths has dtype"),
         ("strided", "xp must be contiguous"),
+        ("no_c0", "c0 must be given iff"),
+        ("cell", "unknown cell id 9"),
     ],
 )
 def test_custom_ops_reject_bad_arguments(bad, match):
@@ -223,28 +250,35 @@ def test_custom_ops_reject_bad_arguments(bad, match):
     T, B, H = 3, 2, 8
     xp, w = torch.randn(T, B, 4 * H, device=DEV), torch.randn(4 * H, H, device=DEV)
     lens, h0 = torch.tensor([3, 2], device=DEV), torch.zeros(B, H, device=DEV)
-    if bad == "w_dtype":
-        w = w.half()
+    c0, cell = h0, SPECS["lstm"].kid
+    if bad == "w_dtype":  # half xp with fp32 weights (fp32 xp with half weights is allowed)
+        xp = xp.half()
     elif bad == "w_shape":
         w = torch.randn(4 * H, 7, device=DEV)
     elif bad == "lengths":
         lens = lens.int()
-    else:
+    elif bad == "strided":
         xp = torch.randn(B, T, 4 * H, device=DEV).transpose(0, 1)
+    elif bad == "no_c0":
+        c0 = None
+    else:
+        cell = 9
     bias = torch.zeros(4 * H, device=DEV)
     with pytest.raises(ValueError, match=match):
-        torch.ops.fused_rnn.triton_lstm_fwd(xp, w, bias, lens, h0, h0, True)
+        torch.ops.fused_rnn.triton_recurrence_fwd(cell, xp, w, bias, lens, h0, c0, True)
 
 
 def test_torch_compile_fullgraph_traces_the_ops():
     """Forward and backward through the backend compile as one graph (no graph break)."""
-    inputs, params, lens, grads_in = _case("lstm", 3, 2, 4, 8, [3, 2], True, torch.float32)
+    (x, hx), params, lens, (dy, dhn) = _case("lstm", 3, 2, 4, 8, [3, 2], True, torch.float32)
+    cell = CELLS["lstm"]
 
     def fwd_bwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, dy, dhn, dcn):
-        y, hn, cn, saved = BE.lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, None, lens, True)
-        return (y, hn, cn) + tuple(BE.lstm_bwd(saved, dy, dhn, dcn)[:7])
+        y, hn, saved = BE.fwd(cell, x, (h0, c0), w_ih, w_hh, b_ih, b_hh, None, lens, True)
+        dx, dhx, *dw = BE.bwd(cell, saved, dy, (dhn, dcn))
+        return (y, *hn, dx, *dhx, *dw[:4])
 
-    args = (*inputs, *params, *grads_in)
+    args = (x, *hx, *params[:4], dy, *dhn)
     compiled = torch.compile(fwd_bwd, fullgraph=True, backend="aot_eager")
     _compare(list(compiled(*args)), list(fwd_bwd(*args)), 0, 0, "compiled")
 
@@ -252,12 +286,16 @@ def test_torch_compile_fullgraph_traces_the_ops():
 def test_supports_and_available():
     assert BE.available() is None
     x = torch.empty(1, 1, 1, device=DEV)
-    assert BE.supports("lstm", x, False) is None
-    assert "proj_size" in BE.supports("lstm", x, True)
-    assert "float64" in BE.supports("gru", x.double(), False)
+    for name, cell in CELLS.items():
+        assert BE.supports(cell, x, False) is None, name
+    assert BE.supports(CELLS["lstm"], x, True) is None
+    assert "LSTM only" in BE.supports(CELLS["gru"], x, True)
+    assert "not implemented" in BE.supports(Cell("mgu", "MGU", 2, 1), x, False)
+    assert BE.supports("rnn_relu", x, False) is None  # a name works too
+    assert "float64" in BE.supports(CELLS["gru"], x.double(), False)
     other = "cuda" if DEV == "cpu" else "cpu"
     if other == "cpu" or torch.cuda.is_available():
-        assert other in BE.supports("gru", torch.empty(1, 1, 1, device=other), False)
+        assert other in BE.supports(CELLS["gru"], torch.empty(1, 1, 1, device=other), False)
 
 
 def test_without_triton_the_backend_says_why():
@@ -323,11 +361,11 @@ def test_interpreter_time_loop_has_one_program_per_batch_block(path):
 
 
 def test_bench_paths_runs_every_path(capsys):
-    """The GPU script's path benchmark, on a tiny shape here: one row per path plus nn.LSTM,
+    """The GPU script's path benchmark, on a tiny shape here: one row per path plus nn.RNN,
     each with both timings and no error note."""
     from fused_rnn.triton.bench_paths import time_case
 
-    rows = time_case("lstm", 2, 2, 3, 8, torch.float32, config.PATHS, device=DEV)
+    rows = time_case("rnn_tanh", 2, 2, 3, 8, torch.float32, config.PATHS, device=DEV)
     assert [r[6] for r in rows] == [f"triton-{p}" for p in config.PATHS] + ["torch(cudnn)"]
     assert all(r[9] == "" and r[7] > 0 and r[8] > 0 for r in rows), rows
 
@@ -335,43 +373,42 @@ def test_bench_paths_runs_every_path(capsys):
 # ----------------------------------------------------------------------- full shapes, GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("path", config.PATHS)
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gpu_full_shape_fp32(monkeypatch, path, cell):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpu_full_shape_fp32(monkeypatch, path, variant):
     monkeypatch.setenv(config.PATH_ENV, path)
     T, B, H = 64, 16, (256 if path == "resident" else 768)
     lengths = torch.randint(1, T + 1, (B,)).tolist()
-    inputs, params, lens, grads_in = _case(cell, T, B, 256, H, lengths, True, torch.float32)
-    outs, grads = _run(BE, cell, inputs, params, lens, grads_in)
-    r_outs, r_grads = _run(REF, cell, _f64(inputs), _f64(params), lens, _f64(grads_in))
-    _compare(outs, r_outs, 1e-4, 1e-4, f"{cell} outputs")
-    _compare(grads, r_grads, 1e-3, 1e-4, f"{cell} grads")
+    inputs, params, lens, grads_in = _case(variant, T, B, 256, H, lengths, True, torch.float32)
+    outs, grads = _run(variant, inputs, params, lens, grads_in)
+    want = _oracle(variant, inputs, params, lens, grads_in, torch.float64, "cpu")
+    _compare(outs, want[0], 1e-4, 1e-4, f"{variant} outputs")
+    _compare(grads, want[1], 1e-3, 1e-4, f"{variant} grads")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("path", [None, *config.PATHS])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_gpu_anchor_shape_half(monkeypatch, path, cell, dtype):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gpu_anchor_shape_half(monkeypatch, path, variant, dtype):
     """The TARGETS.md shape (H=768 B=16, shortened to T=64) in half precision on every path
     that can run it (resident: H=512, where both directions hold W_hh on chip), against
     cuDNN's error."""
     if path is not None:
         monkeypatch.setenv(config.PATH_ENV, path)
     H = 512 if path == "resident" else 768
-    _check_half(cell, dtype, 64, 16, 768, H, None)
+    _check_half(variant, dtype, 64, 16, 768, H, None)
 
 
 @pytest.mark.gpu
 def test_gpu_new_length_does_not_recompile():
-    inputs, params, _, _ = _case("lstm", 8, 4, 8, 64, None, True, torch.bfloat16)
-    x, h0, c0 = inputs
-    BE.lstm_fwd(x, h0, c0, *params, None, None, False)
-    from fused_rnn.triton import lstm
+    from fused_rnn.triton.recurrence import _fwd_kernel
 
-    n = sum(len(c[0]) for c in lstm._lstm_fwd_kernel.device_caches.values())
+    (x, hx), params, _, _ = _case("lstm", 8, 4, 8, 64, None, True, torch.bfloat16)
+    BE.fwd(CELLS["lstm"], x, hx, *params, None, False)
+    n = sum(len(c[0]) for c in _fwd_kernel.device_caches.values())
     x2 = torch.randn(13, 4, 8, device=DEV, dtype=torch.bfloat16)
-    BE.lstm_fwd(x2, h0, c0, *params, None, None, False)
-    assert sum(len(c[0]) for c in lstm._lstm_fwd_kernel.device_caches.values()) == n
+    BE.fwd(CELLS["lstm"], x2, hx, *params, None, False)
+    assert sum(len(c[0]) for c in _fwd_kernel.device_caches.values()) == n
 
 
 def test_default_path_for_a_small_case_is_resident(monkeypatch):

@@ -7,7 +7,7 @@ the pointwise gate math is a few percent on top. Dividing by the CPU's FMA peak 
 time any implementation can take, so "torch's time / 1.3" below that floor means a 1.3x target is
 out of reach on this machine, whatever the kernel.
 
-    python benchmarks/cpu_profile/roofline.py --threads 2 --repeats 5
+    python -m benchmarks.cpu_profile.roofline --threads 2 --repeats 5
 
 Measures (in this process, side by side): the FMA peak (fma_peak.c, built with `cc` when one is
 available), MKL's sgemm on a 2048^3 product (torch.mm, a practical GEMM ceiling), nn.LSTM / nn.GRU
@@ -21,18 +21,15 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 import torch
 
-import fused_rnn
+# bench_cpu: the same shapes and the same timed calls, interleaved.
+from benchmarks.cpu_profile.bench_cpu import SHAPES, bench
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)  # the sibling script bench_cpu.py: same shapes, same timed calls
-from bench_cpu import SHAPES  # noqa: E402
-from bench_cpu import _runner as runner  # noqa: E402
 
 TARGET = {"infer": 1.0, "fwd+bwd": 1.3}  # the speed targets vs nn.LSTM / nn.GRU
 
@@ -98,17 +95,11 @@ def main() -> None:
         "| best possible |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for shape, (T, B, n_in, hidden) in SHAPES.items():
+    for shape in SHAPES:
         for cell in ("lstm", "gru"):
-            torch.manual_seed(0)
-            ref = getattr(torch.nn, cell.upper())(n_in, hidden)
-            ours = getattr(fused_rnn, cell.upper())(n_in, hidden, backend="cpp")
-            ours.load_state_dict(ref.state_dict())
             for mode in ("infer", "fwd+bwd"):
-                x = torch.randn(T, B, n_in, requires_grad=mode != "infer")
-                dy = torch.randn(T, B, hidden)
-                t_nn = median_ms(runner(ref, x, dy, mode), a.warmup, a.repeats)
-                t_cpp = median_ms(runner(ours, x, dy, mode), a.warmup, a.repeats)
+                r = bench(a.threads, SHAPES[shape], cell, mode, a.warmup, a.repeats)
+                t_nn, t_cpp = r["ms"]["torch"], r["ms"]["cpp"]
                 flops = layer_flops(cell, shape, mode)
                 floor = flops / ceiling / 1e6
                 target = t_nn / TARGET[mode]

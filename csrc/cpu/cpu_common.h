@@ -1,4 +1,4 @@
-// Helpers shared by the CPU LSTM and GRU kernels (csrc/cpu/lstm.cpp, csrc/cpu/gru.cpp).
+// Helpers of the CPU kernels (csrc/cpu/recurrence.h and the cells built on it).
 //
 // Dimension legend: T time steps, B batch, H hidden size, G gates per cell.
 //
@@ -107,26 +107,39 @@ inline void for_each_chunk(int64_t n, int64_t flops, const F& f) {
 // step, which costs more than the step's work at small sizes (B = 16, H = 128: ~60 us per step).
 // Chunks come from the team size OpenMP actually grants, so a smaller team cannot deadlock the
 // barrier. `flops` is one step's work.
-template <typename F>
-inline void for_each_step(int64_t T, bool reverse, int64_t n, int64_t flops, const F& f) {
+// A second phase (n2 > 0: the LSTM projection, whose GEMM needs every unit of the first phase's
+// result) runs f2(t, v0, v1) over the units [0, n2) after another barrier in every step.
+template <typename F, typename F2>
+inline void for_each_step(int64_t T, bool reverse, int64_t n, int64_t flops, const F& f,
+                          int64_t n2, const F2& f2) {
   auto step = [&](int64_t i) { return reverse ? T - 1 - i : i; };
-  const int64_t want = chunk_count(n, flops);
+  const int64_t want = chunk_count(std::max(n, n2), flops);
   if (want <= 1 || T == 0) {
-    for (int64_t i = 0; i < T; ++i) f(step(i), int64_t{0}, n);
+    for (int64_t i = 0; i < T; ++i) {
+      f(step(i), int64_t{0}, n);
+      if (n2 > 0) f2(step(i), int64_t{0}, n2);
+    }
     return;
   }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(static_cast<int>(want))
   {
-    const auto [u0, u1] = chunk_range(n, omp_get_thread_num(), omp_get_num_threads());
+    const int64_t c = omp_get_thread_num(), chunks = omp_get_num_threads();
+    const auto [u0, u1] = chunk_range(n, c, chunks);
+    const auto [v0, v1] = chunk_range(n2, c, chunks);
     for (int64_t i = 0; i < T; ++i) {
       if (u0 < u1) f(step(i), u0, u1);
 #pragma omp barrier
+      if (n2 > 0) {
+        if (v0 < v1) f2(step(i), v0, v1);
+#pragma omp barrier
+      }
     }
   }
 #else
   for (int64_t i = 0; i < T; ++i) {
     for_each_chunk(n, flops, [&](int64_t u0, int64_t u1) { f(step(i), u0, u1); });
+    if (n2 > 0) for_each_chunk(n2, flops, [&](int64_t v0, int64_t v1) { f2(step(i), v0, v1); });
   }
 #endif
 }

@@ -1,13 +1,14 @@
-// Persistent forward kernel: one cooperative launch runs all T steps of an LSTM or GRU layer.
-// Torch-free: compiles with nvcc alone. Shapes and aliasing of the arguments: launchers.h.
+// Persistent forward kernel: one cooperative launch runs all T steps of a layer of any cell
+// (written once over the cell traits of cell_math.cuh). Torch-free: compiles with nvcc alone.
+// Shapes and aliasing of the arguments: launchers.h.
 //
-// Legend: T steps, B batch, H hidden, G gates (4 LSTM i,f,g,o; 3 GRU r,z,n), J hidden units
-// owned by one block, M = G*J rows of W_hh owned by one block (padded to Mp).
+// Legend: T steps, B batch, H hidden, G gates (4 LSTM i,f,g,o; 3 GRU r,z,n; 1 RNN), J hidden
+// units owned by one block, M = G*J rows of W_hh owned by one block (padded to Mp).
 //
 // Work split. Block k owns hidden units j0 = k*J ... j0+J-1 (the last block may own fewer) and
 // the G*J rows of W_hh that produce their gates; those rows are copied to shared memory once and
-// stay there for the whole sequence. The cell state c of the owned units also lives in shared
-// memory. Per step t:
+// stay there for the whole sequence. The LSTM cell state c of the owned units also lives in
+// shared memory. Per step t:
 //   1. load h_{t-1} (B, H) float from `hbuf` (global, L2) into shared memory, a chunk of batch
 //      rows at a time when all of B does not fit;
 //   2. recurrent matvec W_slice h^T, in one of two variants (template kMma):
@@ -27,7 +28,8 @@
 //
 // Requirements checked by the launcher (else kNotApplicable, the caller uses the general path):
 // H % 4 == 0 (float4 loads), io not fp64, the block's W_hh slice plus one 8-row batch chunk of h
-// fit in the opt-in shared memory, and the grid is co-resident (cooperative launch).
+// fit in the opt-in shared memory less the kernel's static shared memory, and the grid is
+// co-resident (cooperative launch). bindings.cpp does not ask for LSTM with proj_size.
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
@@ -99,16 +101,16 @@ __device__ __forceinline__ void store4(__nv_bfloat16* p, float4 v) {
 //                          block's units; columns H..ldw-1 are padding (never read)
 //   h_s   (chunk, ldh) HS  a chunk of batch rows of h_{t-1}; HS = float (FMA variant) or T
 //   pre_s (ks, Mp, chunk) float  W_hh h^T of the chunk, one partial sum per K split
-//   c_s   (J, B) float     LSTM cell state of the owned units (absent for GRU)
+//   c_s   (J, B) float     LSTM cell state of the owned units (absent for other cells)
 // The tensor-core variant pads rows by 8 elements (16 bytes) so the 8 rows one fragment load
 // touches fall in different banks.
-template <class T, Cell C, bool kMma>
+template <class T, class C, bool kMma>
 __host__ __device__ inline size_t smem_bytes(const Plan& pl, int B) {
   using HS = typename std::conditional<kMma, T, float>::type;
   size_t n = align16(sizeof(T) * pl.Mp * pl.ldw);
   n += align16(sizeof(HS) * pl.chunk * pl.ldh);
   n += align16(sizeof(float) * pl.ks * pl.Mp * pl.chunk);
-  if (C == Cell::kLstm) n += align16(sizeof(float) * pl.J * B);
+  if (C::kCellState) n += align16(sizeof(float) * pl.J * B);
   return n;
 }
 
@@ -142,11 +144,11 @@ __device__ __forceinline__ void matvec_mma(const T* w_s, const T* h_s, float* pr
   }
 }
 
-template <class T, Cell C, bool kMma>
+template <class T, class C, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const PersistentFwd p,
                                                                       const Plan pl) {
   using HS = typename std::conditional<kMma, T, float>::type;
-  constexpr int G = gates_of<C>();
+  constexpr int G = C::G;
   const int B = p.B, H = p.H, J = pl.J, Mp = pl.Mp, CH = pl.chunk;
   const int j0 = blockIdx.x * J;
   const int nj = min(J, H - j0);  // units owned by this block (>= 1)
@@ -174,7 +176,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const Persi
     const int jj = e % nj, b = e / nj;
     const int64_t s = static_cast<int64_t>(b) * H + j0 + jj;
     p.hbuf[s] = to_acc(h0[s]);
-    if constexpr (C == Cell::kLstm) c_s[jj * B + b] = to_acc(static_cast<const T*>(p.c0)[s]);
+    if constexpr (C::kCellState) c_s[jj * B + b] = to_acc(static_cast<const T*>(p.c0)[s]);
   }
   cg::grid_group grid = cg::this_grid();
   grid.sync();
@@ -219,56 +221,40 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const Persi
         } else {
           h_prev = h_s[bl * pl.ldh + j];
         }
-        float wh[G];  // (W_hh h_{t-1})[gate rows of unit j], summed over the K splits
+        // Hidden-side pre-activations hw (W_hh h_{t-1} summed over the K splits, + b_hh where
+        // the cell keeps it apart) and the input side x.
+        float x[G], hw[G], act[G], aux;
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-          wh[g] = 0.f;
-          for (int k = 0; k < pl.ks; ++k) wh[g] += pre_s[(k * Mp + g * J + jj) * CH + bl];
+          hw[g] = 0.f;
+          for (int k = 0; k < pl.ks; ++k) hw[g] += pre_s[(k * Mp + g * J + jj) * CH + bl];
+          if (p.b_hh != nullptr) hw[g] += p.b_hh[g * H + j];
+          x[g] = __ldg(p.xp + tg + g * H);
         }
         const bool valid = p.lengths == nullptr || static_cast<int64_t>(t) < p.lengths[b];
         float h_new = h_prev;
         if (valid) {
-          if constexpr (C == Cell::kLstm) {
-            LstmGates<float> gt;
-            float c;
-            lstm_unit_fwd(__ldg(p.xp + tg) + wh[0], __ldg(p.xp + tg + H) + wh[1],
-                          __ldg(p.xp + tg + 2 * H) + wh[2], __ldg(p.xp + tg + 3 * H) + wh[3],
-                          c_s[jj * B + b], gt, c, h_new);
-            c_s[jj * B + b] = c;
-            if (p.gates != nullptr) {
-              p.gates[tg] = gt.i;
-              p.gates[tg + H] = gt.f;
-              p.gates[tg + 2 * H] = gt.g;
-              p.gates[tg + 3 * H] = gt.o;
-              p.saved2[ts] = c;
-            }
-          } else {
-            if (p.b_hh != nullptr) {
+          float c = 0.f;
+          if constexpr (C::kCellState) c = c_s[jj * B + b];
+          h_new = C::fwd(x, hw, h_prev, c, act, aux);
+          if constexpr (C::kCellState) c_s[jj * B + b] = c;
+          if (p.gates != nullptr) {
 #pragma unroll
-              for (int g = 0; g < 3; ++g) wh[g] += p.b_hh[g * H + j];
-            }
-            GruGates<float> gt;
-            gru_unit_fwd(__ldg(p.xp + tg), __ldg(p.xp + tg + H), __ldg(p.xp + tg + 2 * H), wh[0],
-                         wh[1], wh[2], h_prev, gt, h_new);
-            if (p.gates != nullptr) {
-              p.gates[tg] = gt.r;
-              p.gates[tg + H] = gt.z;
-              p.gates[tg + 2 * H] = gt.n;
-              p.saved2[ts] = wh[2];
-            }
+            for (int g = 0; g < G; ++g) p.gates[tg + g * H] = act[g];
+            p.aux[ts] = aux;
           }
           y[ts] = from_acc<T>(h_new);
         } else {
           y[ts] = from_acc<T>(0.0f);
           if (p.gates != nullptr) {
             for (int g = 0; g < G; ++g) p.gates[tg + g * H] = 0.f;
-            p.saved2[ts] = 0.f;
+            p.aux[ts] = 0.f;
           }
         }
         nxt[s] = h_new;
         if (t == p.T - 1) {
           static_cast<T*>(p.hn)[s] = from_acc<T>(h_new);
-          if constexpr (C == Cell::kLstm) static_cast<T*>(p.cn)[s] = from_acc<T>(c_s[jj * B + b]);
+          if constexpr (C::kCellState) static_cast<T*>(p.cn)[s] = from_acc<T>(c_s[jj * B + b]);
         }
       }
       __syncthreads();  // h_s and pre_s are reused by the next chunk
@@ -277,17 +263,15 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_fwd_kernel(const Persi
   }
 }
 
-// Launch geometry for one variant; false (and why) when it does not fit in shared memory.
-template <class T, Cell C, bool kMma>
-bool plan(const PersistentFwd& p, int sms, int smem_optin, Plan& pl, size_t& smem,
+// Launch geometry for one variant (a PlanFn, persistent_common.cuh).
+template <class T, class C, bool kMma>
+bool plan(const PersistentFwd& p, int sms, size_t budget, Plan& pl, size_t& smem,
           std::string& why) {
-  constexpr int G = gates_of<C>();
   const int mult = kMma ? 16 : kRows;
-  pl = Plan{};
   // One block per SM: the fewest units per block that spread H over all SMs.
   pl.J = (p.H + sms - 1) / sms;
   pl.blocks = (p.H + pl.J - 1) / pl.J;
-  pl.Mp = (G * pl.J + mult - 1) / mult * mult;
+  pl.Mp = (C::G * pl.J + mult - 1) / mult * mult;
   pl.ldw = pl.ldh = kMma ? p.H + 8 : p.H;
   // As many 8-row batch tiles of h as fit next to the weights.
   for (pl.chunk = (p.B + kBatch - 1) / kBatch * kBatch; pl.chunk >= kBatch; pl.chunk -= kBatch) {
@@ -297,44 +281,17 @@ bool plan(const PersistentFwd& p, int sms, int smem_optin, Plan& pl, size_t& sme
       split_k(pl, (pl.Mp / kRows) * (pl.chunk / kBatch), (p.H + 127) / 128);
     }
     smem = smem_bytes<T, C, kMma>(pl, p.B);
-    if (smem <= static_cast<size_t>(smem_optin)) return true;
+    if (smem <= budget) return true;
   }
   why = "the W_hh slice and 8 rows of h need " + std::to_string(smem) +
-        " bytes of shared memory per block, the device has " + std::to_string(smem_optin);
+        " bytes of shared memory per block, more than the " + std::to_string(budget) + " B budget";
   return false;
 }
 
-template <class T, Cell C, bool kMma>
+template <class T, class C, bool kMma>
 LaunchResult launch_variant(const PersistentFwd& p, int device, cudaStream_t stream) {
-  DeviceLimits lim;
-  LaunchResult r = query_device(device, lim);
-  if (r.status != Status::kOk) return r;
-  Plan pl;
-  size_t smem = 0;
-  std::string why;
-  if (!plan<T, C, kMma>(p, lim.sms, lim.smem_optin, pl, smem, why)) {
-    return {Status::kNotApplicable, why};
-  }
-  return cooperative_launch(persistent_fwd_kernel<T, C, kMma>, p, pl, smem, lim, stream,
-                            "persistent forward kernel");
-}
-
-template <Cell C>
-LaunchResult launch_cell(const PersistentFwd& p, int device, cudaStream_t stream) {
-  // Tensor cores only for 16-bit io, when asked for and H is a whole number of 16-wide K steps.
-  const bool mma = p.tensor_cores && p.H % 16 == 0;
-  switch (p.io) {
-    case DType::kF32:
-      return launch_variant<float, C, false>(p, device, stream);
-    case DType::kF16:
-      return mma ? launch_variant<__half, C, true>(p, device, stream)
-                 : launch_variant<__half, C, false>(p, device, stream);
-    case DType::kBF16:
-      return mma ? launch_variant<__nv_bfloat16, C, true>(p, device, stream)
-                 : launch_variant<__nv_bfloat16, C, false>(p, device, stream);
-    default:
-      return {Status::kNotApplicable, "no persistent kernel for this dtype"};
-  }
+  return plan_and_launch(persistent_fwd_kernel<T, C, kMma>, p, plan<T, C, kMma>, device, stream,
+                         "persistent forward kernel");
 }
 
 }  // namespace
@@ -342,12 +299,24 @@ LaunchResult launch_cell(const PersistentFwd& p, int device, cudaStream_t stream
 LaunchResult launch_persistent_fwd(const PersistentFwd& p, int device, void* stream) {
   if (p.T < 1 || p.B < 1 || p.H < 1) return {Status::kError, "T, B and H must be >= 1"};
   if (p.H % 4 != 0) return {Status::kNotApplicable, "H is not a multiple of 4"};
-  if ((p.gates == nullptr) != (p.saved2 == nullptr)) {
-    return {Status::kError, "gates and saved2 must both be set or both be null"};
+  if ((p.gates == nullptr) != (p.aux == nullptr)) {
+    return {Status::kError, "gates and aux must both be set or both be null"};
   }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return p.cell == Cell::kLstm ? launch_cell<Cell::kLstm>(p, device, s)
-                               : launch_cell<Cell::kGru>(p, device, s);
+  // Tensor cores only for 16-bit io, when asked for and H is a whole number of 16-wide K steps.
+  const bool mma = p.tensor_cores && p.H % 16 == 0 && p.io != DType::kF32;
+  return visit_cell(p.cell, [&](auto c) {
+    using C = decltype(c);
+    return visit_io(p.io, [&](auto io) {
+      using T = decltype(io);
+      if constexpr (std::is_same<T, float>::value) {
+        return launch_variant<T, C, false>(p, device, s);
+      } else {
+        return mma ? launch_variant<T, C, true>(p, device, s)
+                   : launch_variant<T, C, false>(p, device, s);
+      }
+    });
+  });
 }
 
 }  // namespace cuda

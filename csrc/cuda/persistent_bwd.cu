@@ -1,12 +1,13 @@
-// Persistent backward kernel: one cooperative launch runs the whole reverse-time recurrence of an
-// LSTM or GRU layer and writes the pre-activation gradients of every step; the weight, input
+// Persistent backward kernel: one cooperative launch runs the whole reverse-time recurrence of a
+// layer of any cell (written once over the cell traits of cell_math.cuh) and writes the pre-activation gradients of every step; the weight, input
 // and bias gradients are then single GEMMs over all steps (bindings.cpp). Torch-free. Shapes
 // and aliasing of the arguments: launchers.h (PersistentBwd). Opt-in (FUSED_RNN_CUDA_BWD=
 // persistent) until it has passed the GPU tests.
 //
 // Legend: T steps, B batch, H hidden, G gates, J hidden units owned by one block, Jp = J padded
 // to a multiple of 4. "dgh" is the gradient of the hidden-side pre-activations h_{t-1} W_hh^T
-// (+ b_hh): for LSTM that is the gradient of all 4H pre-activations, for GRU (r, z, W_hn h + b_hn).
+// (+ b_hh): for LSTM / RNN that is the gradient of all G*H pre-activations, for GRU
+// (r, z, W_hn h + b_hn).
 //
 // Work split. Block k owns hidden units j0 = k*J ... j0+J-1 and keeps the J COLUMNS of W_hh for
 // them in shared memory (as Jp rows of G*H: w_s[jj][r] = W_hh[r][j0 + jj]), so that it can form
@@ -15,7 +16,7 @@
 //   1. (t < T-1) load dgh[t+1] (B, G*H), written by all blocks in the previous phase, into shared
 //      memory in batch chunks and add dgh[t+1] W_hh[:, own units] to the carried gradient S;
 //   2. (t >= 0) gate backward (cell_math.cuh) for the owned units: dh = S + dy[t]; write dgh[t]
-//      (and GRU's input-side dxp[t]); S becomes 0 (LSTM) or dh * z (GRU); LSTM's dc is carried
+//      (and GRU's input-side dxp[t]); S becomes 0 (LSTM, RNN) or dh * z (GRU); LSTM's dc is carried
 //      in shared memory. Padded steps (t >= lengths[b]) write zeros and leave S, dc untouched.
 //      (t = -1) write dh0 = S and dc0;
 //   3. grid-wide barrier: dgh[t] is complete before phase t-1 reads it.
@@ -43,21 +44,21 @@ namespace cg = cooperative_groups;
 //   rec_s (ks, Jp, chunk) float  (dgh[t+1] W_hh)[:, own units] of the chunk, transposed, one
 //                                partial sum per K split
 //   s_s   (J, B) float       carried dL/dh of the owned units
-//   dc_s  (J, B) float       LSTM: carried dL/dc of the owned units (absent for GRU)
-template <class T, Cell C>
+//   dc_s  (J, B) float       LSTM: carried dL/dc of the owned units (absent for other cells)
+template <class T, class C>
 size_t bwd_smem_bytes(const Plan& pl, int B, int H) {
-  const size_t GH = static_cast<size_t>(gates_of<C>()) * H;
+  const size_t GH = static_cast<size_t>(C::G) * H;
   size_t n = align16(sizeof(T) * pl.Mp * GH);
   n += align16(sizeof(float) * pl.chunk * GH);
   n += align16(sizeof(float) * pl.ks * pl.Mp * pl.chunk);
-  n += align16(sizeof(float) * pl.J * B) * (C == Cell::kLstm ? 2 : 1);
+  n += align16(sizeof(float) * pl.J * B) * (C::kCellState ? 2 : 1);
   return n;
 }
 
-template <class T, Cell C>
+template <class T, class C>
 __global__ void __launch_bounds__(kThreads, 1) persistent_bwd_kernel(const PersistentBwd p,
                                                                       const Plan pl) {
-  constexpr int G = gates_of<C>();
+  constexpr int G = C::G;
   const int B = p.B, H = p.H, J = pl.J, Jp = pl.Mp, CH = pl.chunk;
   const int GH = G * H;
   const int j0 = blockIdx.x * J;
@@ -81,7 +82,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_bwd_kernel(const Persi
     const int jj = e % nj, b = e / nj;
     const int64_t s = static_cast<int64_t>(b) * H + j0 + jj;
     s_s[jj * B + b] = to_acc(static_cast<const T*>(p.dhn)[s]);
-    if constexpr (C == Cell::kLstm) dc_s[jj * B + b] = to_acc(static_cast<const T*>(p.dcn)[s]);
+    if constexpr (C::kCellState) dc_s[jj * B + b] = to_acc(static_cast<const T*>(p.dcn)[s]);
   }
   __syncthreads();
   cg::grid_group grid = cg::this_grid();
@@ -116,7 +117,7 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_bwd_kernel(const Persi
         }
         if (t < 0) {
           p.dh0[s] = S;
-          if constexpr (C == Cell::kLstm) p.dc0[s] = dc_s[jj * B + b];
+          if constexpr (C::kCellState) p.dc0[s] = dc_s[jj * B + b];
           continue;
         }
         const int64_t ts = static_cast<int64_t>(t) * B * H + s;           // (T, B, H)
@@ -124,40 +125,36 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_bwd_kernel(const Persi
         const bool valid = p.lengths == nullptr || static_cast<int64_t>(t) < p.lengths[b];
         if (!valid) {
           for (int g = 0; g < G; ++g) p.dgh[tg + g * H] = 0.f;
-          if constexpr (C == Cell::kGru) {
-            for (int g = 0; g < 3; ++g) p.dxp[tg + g * H] = 0.f;
+          if constexpr (C::kBiasApart) {
+            for (int g = 0; g < G; ++g) p.dxp[tg + g * H] = 0.f;
           }
           s_s[jj * B + b] = S;
           continue;
         }
-        const float dh = S + to_acc(dy[ts]);
-        if constexpr (C == Cell::kLstm) {
-          const LstmGates<float> gt{p.gates[tg], p.gates[tg + H], p.gates[tg + 2 * H],
-                                    p.gates[tg + 3 * H]};
-          const float c_prev = t > 0 ? p.saved2[ts - static_cast<int64_t>(B) * H] : p.c0[s];
-          float dpi, dpf, dpg, dpo, dc_prev;
-          lstm_unit_bwd(gt, p.saved2[ts], c_prev, dh, dc_s[jj * B + b], dpi, dpf, dpg, dpo,
-                        dc_prev);
-          p.dgh[tg] = dpi;
-          p.dgh[tg + H] = dpf;
-          p.dgh[tg + 2 * H] = dpg;
-          p.dgh[tg + 3 * H] = dpo;
-          dc_s[jj * B + b] = dc_prev;
-          s_s[jj * B + b] = 0.f;  // h_{t-1} reaches the loss only through W_hh (next phase)
+        const int64_t prev = ts - static_cast<int64_t>(B) * H;  // (t-1, b, j)
+        const T* y = static_cast<const T*>(p.y);
+        float act[G], dx[G], dhw[G];
+        float aux = 0.f, c_prev = 0.f, h_prev = 0.f, dc = 0.f;
+        if constexpr (C::kSavesGates) {
+#pragma unroll
+          for (int g = 0; g < G; ++g) act[g] = p.gates[tg + g * H];
+          aux = p.aux[ts];
         } else {
-          const GruGates<float> gt{p.gates[tg], p.gates[tg + H], p.gates[tg + 2 * H]};
-          const float h_prev = t > 0
-                                   ? to_acc(static_cast<const T*>(p.y)[ts - static_cast<int64_t>(B) * H])
-                                   : to_acc(static_cast<const T*>(p.h0)[s]);
-          float dxr, dxz, dxn, dhn_pre, dh_direct;
-          gru_unit_bwd(gt, p.saved2[ts], h_prev, dh, dxr, dxz, dxn, dhn_pre, dh_direct);
-          p.dxp[tg] = dxr;
-          p.dxp[tg + H] = dxz;
-          p.dxp[tg + 2 * H] = dxn;
-          p.dgh[tg] = dxr;
-          p.dgh[tg + H] = dxz;
-          p.dgh[tg + 2 * H] = dhn_pre;
-          s_s[jj * B + b] = dh_direct;
+          act[0] = to_acc(y[ts]);  // RNN: h_t
+        }
+        if constexpr (C::kCellState) {
+          c_prev = t > 0 ? p.aux[prev] : p.c0[s];
+          dc = dc_s[jj * B + b];
+        }
+        if constexpr (C::kBiasApart) {
+          h_prev = to_acc(t > 0 ? y[prev] : static_cast<const T*>(p.h0)[s]);
+        }
+        s_s[jj * B + b] = C::bwd(act, aux, c_prev, h_prev, S + to_acc(dy[ts]), dc, dx, dhw);
+        if constexpr (C::kCellState) dc_s[jj * B + b] = dc;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          p.dgh[tg + g * H] = dhw[g];
+          if constexpr (C::kBiasApart) p.dxp[tg + g * H] = dx[g];
         }
       }
       __syncthreads();  // x_s and rec_s are reused by the next chunk
@@ -166,44 +163,22 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_bwd_kernel(const Persi
   }
 }
 
-template <class T, Cell C>
-LaunchResult launch_bwd_typed(const PersistentBwd& p, int device, cudaStream_t stream) {
-  DeviceLimits lim;
-  LaunchResult r = query_device(device, lim);
-  if (r.status != Status::kOk) return r;
-  Plan pl{};
-  pl.J = (p.H + lim.sms - 1) / lim.sms;
+// Launch geometry (a PlanFn, persistent_common.cuh).
+template <class T, class C>
+bool plan_bwd(const PersistentBwd& p, int sms, size_t budget, Plan& pl, size_t& smem,
+              std::string& why) {
+  pl.J = (p.H + sms - 1) / sms;
   pl.blocks = (p.H + pl.J - 1) / pl.J;
   pl.Mp = (pl.J + kRows - 1) / kRows * kRows;
-  pl.ldw = pl.ldh = gates_of<C>() * p.H;
-  size_t smem = 0;
+  pl.ldw = pl.ldh = C::G * p.H;
   for (pl.chunk = (p.B + kBatch - 1) / kBatch * kBatch; pl.chunk >= kBatch; pl.chunk -= kBatch) {
     split_k(pl, (pl.Mp / kRows) * (pl.chunk / kBatch), (pl.ldw + 127) / 128);
     smem = bwd_smem_bytes<T, C>(pl, p.B, p.H);
-    if (smem <= static_cast<size_t>(lim.smem_optin)) break;
+    if (smem <= budget) return true;
   }
-  if (smem > static_cast<size_t>(lim.smem_optin)) {
-    return {Status::kNotApplicable, "the W_hh columns and 8 rows of dgh need " +
-                                        std::to_string(smem) +
-                                        " bytes of shared memory per block, the device has " +
-                                        std::to_string(lim.smem_optin)};
-  }
-  return cooperative_launch(persistent_bwd_kernel<T, C>, p, pl, smem, lim, stream,
-                            "persistent backward kernel");
-}
-
-template <Cell C>
-LaunchResult launch_bwd_cell(const PersistentBwd& p, int device, cudaStream_t stream) {
-  switch (p.io) {
-    case DType::kF32:
-      return launch_bwd_typed<float, C>(p, device, stream);
-    case DType::kF16:
-      return launch_bwd_typed<__half, C>(p, device, stream);
-    case DType::kBF16:
-      return launch_bwd_typed<__nv_bfloat16, C>(p, device, stream);
-    default:
-      return {Status::kNotApplicable, "no persistent kernel for this dtype"};
-  }
+  why = "the W_hh columns and 8 rows of dgh need " + std::to_string(smem) +
+        " bytes of shared memory per block, more than the " + std::to_string(budget) + " B budget";
+  return false;
 }
 
 }  // namespace
@@ -212,8 +187,14 @@ LaunchResult launch_persistent_bwd(const PersistentBwd& p, int device, void* str
   if (p.T < 1 || p.B < 1 || p.H < 1) return {Status::kError, "T, B and H must be >= 1"};
   if (p.H % 4 != 0) return {Status::kNotApplicable, "H is not a multiple of 4"};
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  return p.cell == Cell::kLstm ? launch_bwd_cell<Cell::kLstm>(p, device, s)
-                               : launch_bwd_cell<Cell::kGru>(p, device, s);
+  return visit_cell(p.cell, [&](auto c) {
+    using C = decltype(c);
+    return visit_io(p.io, [&](auto io) {
+      using T = decltype(io);
+      return plan_and_launch(persistent_bwd_kernel<T, C>, p, plan_bwd<T, C>, device, s,
+                             "persistent backward kernel");
+    });
+  });
 }
 
 }  // namespace cuda

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cell_math.cuh"
 #include "launchers.h"
 
 namespace fused_rnn {
@@ -36,11 +37,6 @@ struct Plan {
                // tiles than warps): partial sums in ks slices of (Mp, chunk)
   int kper;    // K steps per split: 128-wide (CUDA cores) or 16-wide (tensor cores)
 };
-
-template <Cell C>
-__host__ __device__ constexpr int gates_of() {
-  return C == Cell::kLstm ? 4 : 3;
-}
 
 // Four consecutive elements of T as float (16-byte aligned for float, 8-byte for 16-bit types).
 __device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
@@ -94,51 +90,87 @@ inline std::string cuda_error(const char* what, cudaError_t e) {
   return std::string(what) + ": " + cudaGetErrorString(e);
 }
 
-struct DeviceLimits {
-  int sms = 0;         // multiprocessors
-  int smem_optin = 0;  // opt-in shared memory per block, bytes
-};
-
-// The device's limits; kNotApplicable without cooperative launch support.
-inline LaunchResult query_device(int device, DeviceLimits& lim) {
-  int coop = 0;
-  cudaError_t e = cudaDeviceGetAttribute(&lim.sms, cudaDevAttrMultiProcessorCount, device);
-  if (e == cudaSuccess) {
-    e = cudaDeviceGetAttribute(&lim.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  }
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device);
-  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaDeviceGetAttribute", e)};
-  if (!coop) return {Status::kNotApplicable, "the device does not support cooperative launch"};
-  return {Status::kOk, ""};
+// A CUDA call of the planning failed: the case is not applicable (the caller falls back to the
+// general path). The error is cleared so that the fallback's own launch checks do not see it.
+inline LaunchResult planning_failed(const char* what, cudaError_t e) {
+  (void)cudaGetLastError();
+  return {Status::kNotApplicable, cuda_error(what, e)};
 }
 
-// Launches kernel(args, pl) cooperatively on pl.blocks blocks of kThreads with smem bytes of
-// dynamic shared memory, after checking that the whole grid can be co-resident (else
-// kNotApplicable, nothing launched). Every CUDA error comes back as kError.
+// The planner of one kernel: fills pl and smem (dynamic shared bytes) for `sms` multiprocessors
+// and at most `budget` bytes of dynamic shared memory per block, or returns false and says why.
 template <class Args>
-LaunchResult cooperative_launch(void (*kernel)(const Args, const Plan), const Args& args,
-                                const Plan& pl, size_t smem, const DeviceLimits& lim,
-                                cudaStream_t stream, const char* what) {
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       static_cast<int>(smem));
-  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaFuncSetAttribute", e)};
+using PlanFn = bool (*)(const Args&, int sms, size_t budget, Plan& pl, size_t& smem,
+                        std::string& why);
+
+// Plans and launches kernel(args, pl) cooperatively on pl.blocks blocks of kThreads.
+// The shared-memory budget is the device's opt-in limit per block minus the kernel's static
+// shared memory (sm_90 kernels carry a 1 KiB reserved section), so a plan that fits the budget
+// fits the launch. Every failure before the launch -- a device query, the plan, the attribute,
+// the occupancy query, a grid that cannot be co-resident -- is kNotApplicable (nothing launched,
+// no CUDA error pending); an error of the launch itself is kError.
+template <class Args>
+LaunchResult plan_and_launch(void (*kernel)(const Args, const Plan), const Args& args,
+                             PlanFn<Args> plan, int device, cudaStream_t stream,
+                             const char* what) {
+  int sms = 0, smem_optin = 0, coop = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e == cudaSuccess) {
+    e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  }
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device);
+  if (e != cudaSuccess) return planning_failed("cudaDeviceGetAttribute", e);
+  if (!coop) return {Status::kNotApplicable, "the device does not support cooperative launch"};
+  cudaFuncAttributes attr{};
+  e = cudaFuncGetAttributes(&attr, kernel);
+  if (e != cudaSuccess) return planning_failed("cudaFuncGetAttributes", e);
+  const size_t budget = static_cast<size_t>(smem_optin) > attr.sharedSizeBytes
+                            ? static_cast<size_t>(smem_optin) - attr.sharedSizeBytes
+                            : 0;
+  Plan pl{};
+  size_t smem = 0;
+  std::string why;
+  if (!plan(args, sms, budget, pl, smem, why)) {
+    return {Status::kNotApplicable, why + " (" + std::to_string(smem_optin) + " B opt-in minus " +
+                                        std::to_string(attr.sharedSizeBytes) + " B static)"};
+  }
+  e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem));
+  if (e != cudaSuccess) return planning_failed("cudaFuncSetAttribute", e);
   int per_sm = 0;
   e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
-  if (e != cudaSuccess) return {Status::kError, cuda_error("cudaOccupancyMaxActiveBlocks", e)};
-  if (per_sm * lim.sms < pl.blocks) {
+  if (e != cudaSuccess) return planning_failed("cudaOccupancyMaxActiveBlocksPerMultiprocessor", e);
+  if (per_sm * sms < pl.blocks) {
     return {Status::kNotApplicable, std::to_string(pl.blocks) + " blocks cannot be co-resident (" +
                                         std::to_string(per_sm) + " per SM x " +
-                                        std::to_string(lim.sms) + " SMs)"};
+                                        std::to_string(sms) + " SMs)"};
   }
   Args a = args;
-  Plan p = pl;
-  void* argv[] = {&a, &p};
+  void* argv[] = {&a, &pl};
   e = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(pl.blocks),
                                   dim3(kThreads), argv, smem, stream);
+  // Refused before anything ran (the grid is too large to be co-resident after all).
+  if (e == cudaErrorCooperativeLaunchTooLarge) return planning_failed(what, e);
   if (e != cudaSuccess) return {Status::kError, cuda_error("cudaLaunchCooperativeKernel", e)};
   e = cudaGetLastError();
   if (e != cudaSuccess) return {Status::kError, cuda_error(what, e)};
   return {Status::kOk, ""};
+}
+
+// Launches the kernel of io type T for p.io (fp32, fp16, bf16; fp64 is never persistent):
+// launch_typed(T{}) must return a LaunchResult.
+template <class F>
+LaunchResult visit_io(DType io, F&& launch_typed) {
+  switch (io) {
+    case DType::kF32:
+      return launch_typed(float{});
+    case DType::kF16:
+      return launch_typed(__half{});
+    case DType::kBF16:
+      return launch_typed(__nv_bfloat16{});
+    default:
+      return {Status::kNotApplicable, "no persistent kernel for this dtype"};
+  }
 }
 
 // out_s[s] (Mp, chunk) = w_s (Mp rows, K long, stride ldw) x_s^T over K split s (x_s: rows of K

@@ -1,7 +1,8 @@
-// General path: the fused pointwise kernel of one time step (LSTM / GRU, forward / backward).
-// The per-step recurrent GEMM runs before it (forward) or after it (backward) through cuBLAS,
-// issued by bindings.cpp on the same stream. One thread per (b, j); what a thread does is in
-// step_kernels.cuh. Shapes and aliasing: launchers.h. Torch-free: compiles with nvcc alone.
+// General path: the fused pointwise kernel of one time step (any cell, forward / backward, and
+// the LSTM projection's masked hand-over). The per-step recurrent GEMM runs before it (forward)
+// or after it (backward) through cuBLAS, issued by bindings.cpp on the same stream. One thread
+// per (b, j); what a thread does is in step_kernels.cuh. Shapes and aliasing: launchers.h.
+// Torch-free: compiles with nvcc alone.
 #include <cuda_runtime.h>
 
 #include "launchers.h"
@@ -13,35 +14,43 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// A 1-D grid over the B*H elements, j fastest, so a warp touches consecutive j of one
-// sequence: coalesced loads and stores.
+// Columns of the (B, cols) element grid of each step struct.
+int cols(const FwdStep& p) { return p.H; }
+int cols(const BwdStep& p) { return p.H; }
+int cols(const ProjFwdStep& p) { return p.P; }
+int cols(const ProjBwdStep& p) { return p.P; }
+
+// A 1-D grid over the B*cols elements, columns fastest, so a warp touches consecutive columns of
+// one sequence: coalesced loads and stores.
 template <class P, void (*Elem)(const P&, int, int)>
-__global__ void __launch_bounds__(kThreads) step_kernel(const P p) {
+__global__ void __launch_bounds__(kThreads) step_kernel(const P p, int n_cols) {
   const int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e < static_cast<int64_t>(p.B) * p.H) {
-    Elem(p, static_cast<int>(e / p.H), static_cast<int>(e % p.H));
+  if (e < static_cast<int64_t>(p.B) * n_cols) {
+    Elem(p, static_cast<int>(e / n_cols), static_cast<int>(e % n_cols));
   }
 }
 
+// ElemOf<T>::fn is the element function for io type T.
 template <class P, template <class> class ElemOf>
 std::string launch(const P& p, void* stream) {
-  if (p.B <= 0 || p.H <= 0) return "";
-  const int64_t n = static_cast<int64_t>(p.B) * p.H;
+  const int n_cols = cols(p);
+  if (p.B <= 0 || n_cols <= 0) return "";
+  const int64_t n = static_cast<int64_t>(p.B) * n_cols;
   if ((n + kThreads - 1) / kThreads > 0x7fffffff) return "B * H is too large for one grid";
   const dim3 grid(static_cast<unsigned>((n + kThreads - 1) / kThreads));
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.io) {
     case DType::kF32:
-      step_kernel<P, ElemOf<float>::fn><<<grid, kThreads, 0, s>>>(p);
+      step_kernel<P, ElemOf<float>::fn><<<grid, kThreads, 0, s>>>(p, n_cols);
       break;
     case DType::kF64:
-      step_kernel<P, ElemOf<double>::fn><<<grid, kThreads, 0, s>>>(p);
+      step_kernel<P, ElemOf<double>::fn><<<grid, kThreads, 0, s>>>(p, n_cols);
       break;
     case DType::kF16:
-      step_kernel<P, ElemOf<__half>::fn><<<grid, kThreads, 0, s>>>(p);
+      step_kernel<P, ElemOf<__half>::fn><<<grid, kThreads, 0, s>>>(p, n_cols);
       break;
     case DType::kBF16:
-      step_kernel<P, ElemOf<__nv_bfloat16>::fn><<<grid, kThreads, 0, s>>>(p);
+      step_kernel<P, ElemOf<__nv_bfloat16>::fn><<<grid, kThreads, 0, s>>>(p, n_cols);
       break;
     default:
       return "unsupported io dtype code " + std::to_string(static_cast<int>(p.io));
@@ -51,36 +60,46 @@ std::string launch(const P& p, void* stream) {
 }
 
 // Adapters turning the element-function templates into something `launch` can instantiate.
-template <class T>
-struct LstmFwdElem {
-  static constexpr void (*fn)(const LstmFwdStep&, int, int) = lstm_fwd_elem<T>;
+template <class C>
+struct FwdOf {
+  template <class T>
+  struct Elem {
+    static constexpr void (*fn)(const FwdStep&, int, int) = fwd_elem<C, T>;
+  };
+};
+template <class C>
+struct BwdOf {
+  template <class T>
+  struct Elem {
+    static constexpr void (*fn)(const BwdStep&, int, int) = bwd_elem<C, T>;
+  };
 };
 template <class T>
-struct LstmBwdElem {
-  static constexpr void (*fn)(const LstmBwdStep&, int, int) = lstm_bwd_elem<T>;
+struct ProjFwdElem {
+  static constexpr void (*fn)(const ProjFwdStep&, int, int) = proj_fwd_elem<T>;
 };
 template <class T>
-struct GruFwdElem {
-  static constexpr void (*fn)(const GruFwdStep&, int, int) = gru_fwd_elem<T>;
-};
-template <class T>
-struct GruBwdElem {
-  static constexpr void (*fn)(const GruBwdStep&, int, int) = gru_bwd_elem<T>;
+struct ProjBwdElem {
+  static constexpr void (*fn)(const ProjBwdStep&, int, int) = proj_bwd_elem<T>;
 };
 
 }  // namespace
 
-std::string launch_lstm_fwd_step(const LstmFwdStep& p, void* stream) {
-  return launch<LstmFwdStep, LstmFwdElem>(p, stream);
+std::string launch_fwd_step(Cell cell, const FwdStep& p, void* stream) {
+  return visit_cell(cell, [&](auto c) {
+    return launch<FwdStep, FwdOf<decltype(c)>::template Elem>(p, stream);
+  });
 }
-std::string launch_lstm_bwd_step(const LstmBwdStep& p, void* stream) {
-  return launch<LstmBwdStep, LstmBwdElem>(p, stream);
+std::string launch_bwd_step(Cell cell, const BwdStep& p, void* stream) {
+  return visit_cell(cell, [&](auto c) {
+    return launch<BwdStep, BwdOf<decltype(c)>::template Elem>(p, stream);
+  });
 }
-std::string launch_gru_fwd_step(const GruFwdStep& p, void* stream) {
-  return launch<GruFwdStep, GruFwdElem>(p, stream);
+std::string launch_proj_fwd_step(const ProjFwdStep& p, void* stream) {
+  return launch<ProjFwdStep, ProjFwdElem>(p, stream);
 }
-std::string launch_gru_bwd_step(const GruBwdStep& p, void* stream) {
-  return launch<GruBwdStep, GruBwdElem>(p, stream);
+std::string launch_proj_bwd_step(const ProjBwdStep& p, void* stream) {
+  return launch<ProjBwdStep, ProjBwdElem>(p, stream);
 }
 
 }  // namespace cuda

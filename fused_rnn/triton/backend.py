@@ -1,8 +1,11 @@
-"""TritonBackend: the backend contract of :mod:`fused_rnn.backends` over the Triton recurrence
-ops. Around the fused recurrence it runs the input projection for all steps as one GEMM
-before the loop, and the weight and input gradients as single GEMMs after the backward loop.
+"""TritonBackend: the backend contract of :mod:`fused_rnn.backends` over the one Triton
+recurrence op pair, for every cell. Around the fused recurrence it runs the input projection
+for all steps as one GEMM before the loop, and the weight and input gradients as single GEMMs
+after the backward loop; LSTM proj_size folds W_hr into the recurrent weight
+(:mod:`fused_rnn.triton.proj`).
 
-Dimension legend: T steps, B batch, I input, H hidden, G gates (4 LSTM, 3 GRU).
+Dimension legend: T steps, B batch, I input, H hidden, P LSTM output size (proj_size or H),
+G gates (4 LSTM, 3 GRU, 1 RNN).
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import os
 import torch
 from torch import Tensor
 
-from . import gru as _gru
-from . import lstm as _lstm
+from ..backends import as_cell
+from ..cells import Cell
+from . import proj
+from .cells import SPECS
 from .common import INTERPRET
+from .recurrence import recurrence_bwd, recurrence_fwd
 
 __all__ = ["TritonBackend"]
 
@@ -32,10 +38,6 @@ def _lengths(lengths: Tensor | None, T: int, B: int, device) -> Tensor:
     if lengths is None:
         return torch.full((B,), T, dtype=torch.int64, device=device)
     return lengths.to(device=device, dtype=torch.int64).contiguous()
-
-
-def _fp32(t: Tensor | None, n: int, like: Tensor) -> Tensor:
-    return torch.zeros(n, dtype=torch.float32, device=like.device) if t is None else t.float()
 
 
 def _input_grads(dgx: Tensor, x: Tensor, w_ih: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,8 +62,8 @@ def _bias_grad(dg: Tensor, b: Tensor | None) -> Tensor | None:
 
 
 class TritonBackend:
-    """Fused LSTM/GRU recurrences in Triton (CUDA, or its CPU interpreter when
-    TRITON_INTERPRET=1). fp16 / bf16 / fp32; no projection (proj_size), no fp64."""
+    """Fused LSTM / GRU / RNN (tanh, relu) recurrences in Triton (CUDA, or its CPU interpreter
+    when TRITON_INTERPRET=1), LSTM with proj_size too. fp16 / bf16 / fp32; no fp64."""
 
     name = "triton"
 
@@ -74,11 +76,12 @@ class TritonBackend:
             return "no CUDA device (set TRITON_INTERPRET=1 before importing to run interpreted)"
         return None
 
-    def supports(self, cell: str, x: Tensor, has_proj: bool) -> str | None:
-        if cell not in ("lstm", "gru"):
-            return f"unknown cell {cell!r}"
-        if has_proj:
-            return "LSTM with proj_size > 0 is not implemented in the triton backend"
+    def supports(self, cell: Cell | str, x: Tensor, has_proj: bool) -> str | None:
+        name = as_cell(cell).name
+        if name not in SPECS:
+            return f"the {name} cell is not implemented by the triton backend"
+        if has_proj and not SPECS[name].has_c:
+            return f"proj_size applies to the LSTM only, not {name}"
         if x.dtype not in _DTYPES:
             return f"dtype {x.dtype} not supported (float16, bfloat16, float32)"
         want = "cpu" if INTERPRET else "cuda"
@@ -86,51 +89,53 @@ class TritonBackend:
             return f"tensors on {x.device.type}; the triton backend runs on {want} here"
         return None
 
-    # -------------------------------------------------------------------------------- LSTM
-    def lstm_fwd(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
-        if w_hr is not None:
-            raise ValueError("the triton backend does not support proj_size > 0")
+    def fwd(self, cell: Cell, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
+        """The contract's forward (fused_rnn.backends): x (T, B, I), hx (h0 (B, P), c0 (B, H))
+        for the LSTM else (h0 (B, H),) -> y (T, B, P), hn like hx, saved."""
+        spec = SPECS[cell.name]
         T, B, _ = x.shape
-        H = w_hh.shape[1]
-        bias = _fp32(b_ih, 4 * H, x) + _fp32(b_hh, 4 * H, x)
+        H = w_hh.shape[0] // spec.G
         lens = _lengths(lengths, T, B, x.device)
-        w_hh = w_hh.contiguous()
-        y, hs, cs, gates = _lstm.lstm_recurrence_fwd(
-            _projection(x, w_ih), w_hh, bias, lens, h0.contiguous(), c0.contiguous(), need_saved
+        xp, h0, w_rec = _projection(x, w_ih), hx[0], w_hh.contiguous()
+        if w_hr is not None:
+            xp, h0, w_rec = proj.fold_inputs(xp, h0, w_hh, w_hr)
+        c0 = hx[1].contiguous() if spec.has_c else None
+        bias = spec.packed_bias(b_ih, b_hh, H, x)
+        y, hs, cs, gates = recurrence_fwd(
+            spec.kid, xp, w_rec, bias, lens, h0.contiguous(), c0, need_saved
         )
         S = hs.shape[0]
-        hn, cn = hs[T % S].to(x.dtype), cs[T % S].to(x.dtype)
-        saved = (x, w_ih, w_hh, b_ih, b_hh, lens, gates, hs, cs) if need_saved else ()
-        return y, hn, cn, saved
+        hn = [hs[T % S]] + ([cs[T % S]] if spec.has_c else [])
+        if w_hr is not None:
+            y, hn[0] = proj.project(y, w_hr), proj.project(hn[0], w_hr)
+        hn = tuple(h.to(x.dtype) for h in hn)
+        if not need_saved:
+            return y.to(x.dtype), hn, ()
+        return (
+            y.to(x.dtype),
+            hn,
+            (x, hx[0], w_ih, w_hh, w_rec, b_ih, b_hh, w_hr, lens, gates, hs, cs),
+        )
 
-    def lstm_bwd(self, saved, dy, dhn, dcn):
-        x, w_ih, w_hh, b_ih, b_hh, lens, gates, hs, cs = saved
-        dg, dh0, dc0 = _lstm.lstm_recurrence_bwd(w_hh, lens, gates, cs, dy, dhn, dcn)
-        dx, dw_ih = _input_grads(dg, x, w_ih)
-        dw_hh = _hidden_grad(dg, hs, w_hh)
-        db_ih, db_hh = _bias_grad(dg, b_ih), _bias_grad(dg, b_hh)
-        return dx, dh0.to(x.dtype), dc0.to(x.dtype), dw_ih, dw_hh, db_ih, db_hh, None
-
-    # --------------------------------------------------------------------------------- GRU
-    def gru_fwd(self, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, need_saved):
-        T, B, _ = x.shape
-        H = w_hh.shape[1]
-        b_i, b_h = _fp32(b_ih, 3 * H, x), _fp32(b_hh, 3 * H, x)
-        # r and z take both biases; n keeps b_in outside and b_hn inside r * (...)
-        bias = torch.cat([b_i[: 2 * H] + b_h[: 2 * H], b_i[2 * H :], b_h[2 * H :]])
-        lens = _lengths(lengths, T, B, x.device)
-        xp, w_hh = _projection(x, w_ih), w_hh.contiguous()
-        y, hs, gates = _gru.gru_recurrence_fwd(xp, w_hh, bias, lens, h0.contiguous(), need_saved)
-        hn = hs[T % hs.shape[0]].to(x.dtype)
-        saved = (x, w_ih, w_hh, b_ih, b_hh, lens, gates, hs) if need_saved else ()
-        return y, hn, saved
-
-    def gru_bwd(self, saved, dy, dhn):
-        x, w_ih, w_hh, b_ih, b_hh, lens, gates, hs = saved
-        H = w_hh.shape[1]
-        dg, dh0 = _gru.gru_recurrence_bwd(w_hh, lens, gates, hs, dy, dhn)
-        dgx = dg[..., : 3 * H]  # r, z, n pre-activations: the input side
-        dgh = torch.cat([dg[..., : 2 * H], dg[..., 3 * H :]], dim=-1)  # r, z, W_hn h + b_hn
+    def bwd(self, cell: Cell, saved, dy, dhn):
+        """The contract's backward: dy (T, B, P), dhn like hx -> (dx, dhx, dw_ih, dw_hh,
+        db_ih, db_hh, dw_hr), dw_hr None without a projection."""
+        spec = SPECS[cell.name]
+        x, h0, w_ih, w_hh, w_rec, b_ih, b_hh, w_hr, lens, gates, hs, cs = saved
+        dy_r, dhn_r = dy, dhn[0]
+        if w_hr is not None:  # the kernel's state is r: dL/dr = W_hr^T dL/dh
+            dy_r, dhn_r = dy.float() @ w_hr.float(), dhn[0].float() @ w_hr.float()
+        dcn = dhn[1].contiguous() if spec.has_c else None
+        dg, dh0, dc0 = recurrence_bwd(
+            spec.kid, w_rec, lens, gates, hs, cs, dy_r.contiguous(), dhn_r.contiguous(), dcn
+        )
+        dgx, dgh = spec.split_grads(dg)
         dx, dw_ih = _input_grads(dgx, x, w_ih)
-        dw_hh = _hidden_grad(dgh, hs, w_hh)
-        return dx, dh0.to(x.dtype), dw_ih, dw_hh, _bias_grad(dgx, b_ih), _bias_grad(dgh, b_hh)
+        if w_hr is None:
+            dw_hh, dw_hr = _hidden_grad(dgh, hs, w_hh), None
+        else:
+            dh0, dw_hh, dw_hr = proj.grads(dg, dy, dhn[0], h0, hs, lens, w_hh, w_hr)
+        dhx = (dh0, dc0) if spec.has_c else (dh0,)
+        dhx = tuple(d.to(x.dtype) for d in dhx)
+        db_ih, db_hh = _bias_grad(dgx, b_ih), _bias_grad(dgh, b_hh)
+        return dx, dhx, dw_ih, dw_hh, db_ih, db_hh, dw_hr

@@ -1,5 +1,5 @@
-"""Time each Triton path (resident, streamed, step) against nn.LSTM / nn.GRU (cuDNN) on the
-same GPU in the same run, at the shapes of docs TARGETS.md; for scripts/gpu_check.sh.
+"""Time each Triton path (resident, streamed, step) against nn.LSTM / nn.GRU / nn.RNN (cuDNN)
+on the same GPU in the same run, at the shapes of docs TARGETS.md; for scripts/gpu_check.sh.
 
 ``python -m fused_rnn.triton.bench_paths OUT.csv`` writes one row per (case, provider) with
 forward (no grad) and forward+backward milliseconds (median of CUDA-event timings after a
@@ -15,14 +15,17 @@ import time
 
 import torch
 
+from ..cells import CELLS
 from .backend import TritonBackend
 from .config import PATH_ENV, PATHS
 
 # (cell, T, B, I, H, dtype, paths): the TARGETS.md anchor shape in bf16 on every path that can
-# run it, and the fastrnns shape in fp32 on the path chosen by size.
+# run it (the RNN on the path chosen by size), and the fastrnns shape in fp32 on the path
+# chosen by size.
 CASES = [
     ("lstm", 1024, 16, 768, 768, torch.bfloat16, PATHS),
     ("gru", 1024, 16, 768, 768, torch.bfloat16, PATHS),
+    ("rnn_tanh", 1024, 16, 768, 768, torch.bfloat16, (None,)),
     ("lstm", 100, 64, 512, 512, torch.float32, (None,)),
     ("gru", 100, 64, 512, 512, torch.float32, (None,)),
 ]
@@ -48,24 +51,24 @@ def _median_ms(fn, reps: int, device: str) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _triton_fns(cell, x, h0, mod, dy):
+def _module(cell: str, n_in: int, H: int) -> torch.nn.RNNBase:
+    if cell == "lstm":
+        return torch.nn.LSTM(n_in, H)
+    if cell == "gru":
+        return torch.nn.GRU(n_in, H)
+    return torch.nn.RNN(n_in, H, nonlinearity=cell.removeprefix("rnn_"))
+
+
+def _triton_fns(cell, x, hx, mod, dy):
+    """(forward without saving, forward + backward) through the Triton backend."""
     be = TritonBackend()
     w = [p.detach() for p in mod.parameters()]  # w_ih, w_hh, b_ih, b_hh
-    if cell == "lstm":
 
-        def fwd(save):
-            return be.lstm_fwd(x, h0, h0, *w, None, None, save)
+    def fwd(save):
+        return be.fwd(cell, x, hx, *w, None, None, save)
 
-        def fwd_bwd():
-            be.lstm_bwd(fwd(True)[3], dy, h0, h0)
-
-    else:
-
-        def fwd(save):
-            return be.gru_fwd(x, h0, *w, None, save)
-
-        def fwd_bwd():
-            be.gru_bwd(fwd(True)[2], dy, h0)
+    def fwd_bwd():
+        be.bwd(cell, fwd(True)[2], dy, hx)
 
     return (lambda: fwd(False)), fwd_bwd
 
@@ -73,9 +76,10 @@ def _triton_fns(cell, x, h0, mod, dy):
 def time_case(cell, T, B, n_in, H, dt, paths, device="cuda") -> list[list]:
     """Rows [cell, T, B, I, H, dtype, provider, fwd_ms, fwd_bwd_ms, note] of one shape."""
     torch.manual_seed(0)
-    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(n_in, H).to(device, dt)
+    mod = _module(cell, n_in, H).to(device, dt)
     x = torch.randn(T, B, n_in, device=device, dtype=dt)
     h0 = torch.zeros(B, H, device=device, dtype=dt)
+    hx = (h0, h0) if cell == "lstm" else (h0,)
     dy = torch.randn(T, B, H, device=device, dtype=dt)
     shape = [cell, T, B, n_in, H, str(dt).removeprefix("torch.")]
     rows = []
@@ -86,7 +90,7 @@ def time_case(cell, T, B, n_in, H, dt, paths, device="cuda") -> list[list]:
         else:
             os.environ[PATH_ENV] = path
         try:
-            fwd, fwd_bwd = _triton_fns(cell, x, h0, mod, dy)
+            fwd, fwd_bwd = _triton_fns(CELLS[cell], x, hx, mod, dy)
             with torch.no_grad():
                 f = _median_ms(fwd, 5, device)
             rows.append([*shape, name, f, _median_ms(fwd_bwd, 3, device), ""])
@@ -95,12 +99,12 @@ def time_case(cell, T, B, n_in, H, dt, paths, device="cuda") -> list[list]:
         finally:
             os.environ.pop(PATH_ENV, None)
         print(rows[-1], flush=True)
-    hx = (h0[None], h0[None]) if cell == "lstm" else h0[None]
+    hx_nn = (h0[None], h0[None]) if cell == "lstm" else h0[None]
     xg = x.detach().requires_grad_()
     try:
         with torch.no_grad():
-            f = _median_ms(lambda: mod(x, hx), 5, device)
-        fb = _median_ms(lambda: mod(xg, hx)[0].backward(dy), 3, device)
+            f = _median_ms(lambda: mod(x, hx_nn), 5, device)
+        fb = _median_ms(lambda: mod(xg, hx_nn)[0].backward(dy), 3, device)
         rows.append([*shape, "torch(cudnn)", f, fb, ""])
     except RuntimeError as e:
         rows.append([*shape, "torch(cudnn)", "", "", str(e)[:200]])

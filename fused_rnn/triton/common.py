@@ -1,10 +1,11 @@
-"""Device code shared by the LSTM and GRU kernels: interpreter detection, activations, the
-grid barrier, tile loads and stores, and the recurrent GEMMs of the three paths (see
+"""Device code every cell's recurrence shares: interpreter detection, activations, the grid
+barrier, tile loads and stores, and the recurrent GEMMs of the three paths (see
 :mod:`fused_rnn.triton.config`).
 
-Dimension legend: T steps, B batch, H hidden, G gates (4 LSTM, 3 GRU; the GEMM tiles always
-have 4 gate slots), HP the padded hidden size a resident program holds whole, BB batch rows
-per program, BH hidden units per program, BK the K chunk of the streamed / per-step GEMMs.
+Dimension legend: T steps, B batch, H hidden, G gates (4 LSTM, 3 GRU, 1 RNN; the GEMM tiles
+always have 4 gate slots), NG gate-gradient columns per step (in units of H), HP the padded
+hidden size a resident program holds whole, BB batch rows per program, BH hidden units per
+program, BK the K chunk of the streamed / per-step GEMMs.
 """
 
 from __future__ import annotations
@@ -63,6 +64,27 @@ def grid_barrier(counter_ptr, target):
 
 
 @triton.jit
+def program_tile(len_ptr, B, H, BB: tl.constexpr, BH: tl.constexpr):
+    """This program's tile, batch rows [pid_b*BB, +BB) x hidden units [pid_h*BH, +BH):
+    rows (BB,) int64, row_ok, lens (BB,) the rows' lengths (len_ptr (B,) int64), j (BH,),
+    j_ok, and over the (BB, BH) tile the mask and the offsets into a (B, H) state slot."""
+    rows = tl.program_id(1) * BB + tl.arange(0, BB).to(tl.int64)
+    row_ok = rows < B
+    lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    j = tl.program_id(0) * BH + tl.arange(0, BH)
+    j_ok = j < H
+    return (
+        rows,
+        row_ok,
+        lens,
+        j,
+        j_ok,
+        row_ok[:, None] & j_ok[None, :],
+        rows[:, None] * H + j[None, :],
+    )
+
+
+@triton.jit
 def ld(ptr, offs, mask):
     """fp32 load of ptr[offs] (0 where masked off). ``.cg`` reads through L2 only: in the
     persistent kernel these tiles were written by other programs, and L1 is not coherent
@@ -99,7 +121,7 @@ def mm(a, b, DOT_F32: tl.constexpr, PREC: tl.constexpr):
 # the same MMA tile (which would replicate the weight operand in every warp's registers):
 # forward, the gates are packed side by side, (BB, K) @ (K, 4*BH); backward, the gates are the
 # batch dimension of a 3D dot, (4, BB, K) @ (4, K, BH), summed over gates afterwards. GRU
-# (G=3) leaves the fourth gate slot zero.
+# (G=3) leaves the fourth gate slot zero, the RNN (G=1) the last three.
 
 
 @triton.jit
@@ -188,14 +210,14 @@ def w_bwd_tile(w_ptr, j, j_ok, k, H, G: tl.constexpr, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def dg_tile(dg_t, rows, row_ok, k, H, G: tl.constexpr):
-    """(4, BB, K) fp32 [q, b, kk] = dG[rows[b], c(q)*H + k[kk]] of one step's (B, 4H) gate
-    gradients, where c(q) is the column group that meets W_hh's gate q: q itself for the LSTM;
-    r, z and then group 3 (W_hn h + b_hn) for the GRU."""
+def dg_tile(dg_t, rows, row_ok, k, H, G: tl.constexpr, NG: tl.constexpr):
+    """(4, BB, K) fp32 [q, b, kk] = dG[rows[b], c(q)*H + k[kk]] of one step's (B, NG*H) gate
+    gradients, where c(q) is the column group that meets W_hh's gate q: q itself for the LSTM
+    and the RNN; r, z and then group 3 (W_hn h + b_hn) for the GRU."""
     q = tl.arange(0, 4)[:, None, None]
-    col = q + (q // 2) * (4 - G)
+    col = q + (q // 2) * (NG - G)
     ok = (q < G) & row_ok[None, :, None] & (k[None, None, :] < H)
-    return ld(dg_t, rows[None, :, None] * 4 * H + col * H + k[None, None, :], ok)
+    return ld(dg_t, rows[None, :, None] * NG * H + col * H + k[None, None, :], ok)
 
 
 @triton.jit
@@ -214,29 +236,30 @@ def w_bwd_resident(
 
 @triton.jit
 def rec_bwd_resident(
-    dg_t, rows, row_ok, H, w1, w2, G: tl.constexpr,
+    dg_t, rows, row_ok, H, w1, w2, G: tl.constexpr, NG: tl.constexpr,
     HP: tl.constexpr, HP2: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """dG_t (B, 4H) @ the resident W_hh pieces -> (4, BB, BH) fp32 per-gate partial sums."""
-    acc = mm(dg_tile(dg_t, rows, row_ok, tl.arange(0, HP), H, G), w1, DOT_F32, PREC)
+    """dG_t (B, NG*H) @ the resident W_hh pieces -> (4, BB, BH) fp32 per-gate partial sums."""
+    acc = mm(dg_tile(dg_t, rows, row_ok, tl.arange(0, HP), H, G, NG), w1, DOT_F32, PREC)
     if HP2 > 0:
-        acc += mm(dg_tile(dg_t, rows, row_ok, HP + tl.arange(0, HP2), H, G), w2, DOT_F32, PREC)
+        k2 = HP + tl.arange(0, HP2)
+        acc += mm(dg_tile(dg_t, rows, row_ok, k2, H, G, NG), w2, DOT_F32, PREC)
     return acc
 
 
 @triton.jit
 def rec_bwd_chunked(
     dg_t, rows, row_ok, w_ptr, j, j_ok, H,
-    G: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    G: tl.constexpr, NG: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
     DOT_F32: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
-    """dG_t (B, 4H) @ W_hh restricted to this program's units, K streamed in chunks of BK
+    """dG_t (B, NG*H) @ W_hh restricted to this program's units, K streamed in chunks of BK
     (streamed and step paths) -> (4, BB, BH) fp32 per-gate partial sums."""
     acc = tl.zeros((4, BB, BH), dtype=tl.float32)
     for k0 in range(0, H, BK):
         kc = k0 + tl.arange(0, BK)
         acc += mm(
-            dg_tile(dg_t, rows, row_ok, kc, H, G),
+            dg_tile(dg_t, rows, row_ok, kc, H, G, NG),
             w_bwd_tile(w_ptr, j, j_ok, kc, H, G, DOT_F32),
             DOT_F32,
             PREC,

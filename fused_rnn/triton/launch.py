@@ -1,4 +1,4 @@
-"""Host side shared by the LSTM and GRU ops: argument checks before the raw-pointer kernels,
+"""Host side of the recurrence ops: argument checks before the raw-pointer kernels,
 and the one launcher that drives a recurrence kernel on its path."""
 
 from __future__ import annotations
@@ -31,13 +31,22 @@ def check_args(op: str, *specs: tuple) -> None:
 
 
 def run_recurrence(
-    kernel, cfg: Config, B: int, H: int, args: tuple, t_first: int, n_iter: int, step: int
+    kernel,
+    cfg: Config,
+    cell_consts: dict,
+    B: int,
+    H: int,
+    args: tuple,
+    t_first: int,
+    n_iter: int,
+    step: int,
 ):
     """Launch a recurrence ``kernel`` over ``n_iter`` iterations starting at step ``t_first``.
 
-    Every recurrence kernel takes ``args`` followed by (counter_ptr, t_first, n_iter) and the
-    constexprs of ``cfg``; iteration s handles step t_first + step * s (step = +1 forward, -1
-    backward; the kernel applies the same direction itself). Persistent: one launch running
+    Every recurrence kernel takes ``args`` followed by (counter_ptr, t_first, n_iter), the
+    cell's constexprs ``cell_consts`` and those of ``cfg``; iteration s handles step
+    t_first + step * s (step = +1 forward, -1 backward; the kernel applies the same direction
+    itself). Persistent: one launch running
     all iterations with a grid barrier between them; per-step: one launch per iteration (the
     kernel boundary is the barrier).
     """
@@ -45,7 +54,7 @@ def run_recurrence(
     grid = (triton.cdiv(H, cfg.BH), n_b)
     # One arrival counter per batch block: blocks never wait for each other.
     counter = torch.zeros(n_b, dtype=torch.int32, device=args[0].device)
-    meta = dict(cfg.constexprs(), num_warps=cfg.num_warps)
+    meta = dict(cell_consts, **cfg.constexprs(), num_warps=cfg.num_warps)
     if cfg.path != "step":
         if not INTERPRET:
             # Cooperative launch: the driver refuses a grid that cannot be co-resident instead

@@ -21,4 +21,4 @@ class MissingTritonBackend:
     def _raise(self, *args, **kwargs):
         raise RuntimeError(f"fused_rnn backend 'triton' is not available: {self.reason}")
 
-    lstm_fwd = lstm_bwd = gru_fwd = gru_bwd = _raise
+    fwd = bwd = _raise

@@ -13,13 +13,18 @@ namespace fused_rnn {
 namespace cuda {
 namespace {
 
+int cols(const FwdStep& p) { return p.H; }
+int cols(const BwdStep& p) { return p.H; }
+int cols(const ProjFwdStep& p) { return p.P; }
+int cols(const ProjBwdStep& p) { return p.P; }
+
 template <class P, class Fn32, class Fn64>
 std::string run(const P& p, Fn32 f32, Fn64 f64) {
   if (p.io != DType::kF32 && p.io != DType::kF64) {
     return "host emulation supports float32 and float64 only";
   }
   for (int b = 0; b < p.B; ++b) {
-    for (int j = 0; j < p.H; ++j) {
+    for (int j = 0; j < cols(p); ++j) {
       if (p.io == DType::kF32) {
         f32(p, b, j);
       } else {
@@ -32,17 +37,23 @@ std::string run(const P& p, Fn32 f32, Fn64 f64) {
 
 }  // namespace
 
-std::string launch_lstm_fwd_step(const LstmFwdStep& p, void*) {
-  return run(p, lstm_fwd_elem<float>, lstm_fwd_elem<double>);
+std::string launch_fwd_step(Cell cell, const FwdStep& p, void*) {
+  return visit_cell(cell, [&](auto c) {
+    using C = decltype(c);
+    return run(p, fwd_elem<C, float>, fwd_elem<C, double>);
+  });
 }
-std::string launch_lstm_bwd_step(const LstmBwdStep& p, void*) {
-  return run(p, lstm_bwd_elem<float>, lstm_bwd_elem<double>);
+std::string launch_bwd_step(Cell cell, const BwdStep& p, void*) {
+  return visit_cell(cell, [&](auto c) {
+    using C = decltype(c);
+    return run(p, bwd_elem<C, float>, bwd_elem<C, double>);
+  });
 }
-std::string launch_gru_fwd_step(const GruFwdStep& p, void*) {
-  return run(p, gru_fwd_elem<float>, gru_fwd_elem<double>);
+std::string launch_proj_fwd_step(const ProjFwdStep& p, void*) {
+  return run(p, proj_fwd_elem<float>, proj_fwd_elem<double>);
 }
-std::string launch_gru_bwd_step(const GruBwdStep& p, void*) {
-  return run(p, gru_bwd_elem<float>, gru_bwd_elem<double>);
+std::string launch_proj_bwd_step(const ProjBwdStep& p, void*) {
+  return run(p, proj_bwd_elem<float>, proj_bwd_elem<double>);
 }
 
 }  // namespace cuda
