@@ -126,5 +126,9 @@ def test_policy_explains_its_choice():
     assert line.startswith("auto -> ") and ":" in line
     assert NativeBackend().supports("lstm", x, True) is None
     assert "LSTM option" in NativeBackend().supports("gru", x, True)
+    # projections have their own table ("lstm_proj"); a dtype no table has goes to native
     choice = cpu_policy.order_for(("cpp", "native", "reference"), "lstm", x, True, False)
-    assert choice.order[0] == "native" and "projection" in choice.reason
+    assert choice.order[0] in ("cpp", "native") and "lstm_proj" in choice.reason
+    choice = cpu_policy.order_for(("cpp", "native", "reference"), "lstm", x.double(), False, False)
+    assert choice.order[0] == "native" and "not measured" in choice.reason
+    assert choice.order[1:] == ("cpp", "reference")
