@@ -318,23 +318,25 @@ def gru(
     Returns:
         ``output (T, B, D*H)`` and ``h_n (L*D, B, H)``.
     """
+    return _one_state_stack(
+        "gru", input, weights, hx, num_layers, bidirectional, dropout, training, batch_first,
+        lengths, backend,
+    )  # fmt: skip
+
+
+def _one_state_stack(
+    cell: str, input, weights, hx, num_layers, bidirectional, dropout, training, batch_first,
+    lengths, backend,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """gru() / rnn(): a cell whose only state is h, with weights given as 4-tuples."""
     D = 2 if bidirectional else 1
     weights = [tuple(w[:4]) + (None,) for w in weights]
     if hx is None:
         hx = _default_state(input, batch_first, num_layers * D, weights[0][1].shape[1])
     out, (hn,) = rnn_forward(
-        "gru",
-        input,
-        (hx,),
-        weights,
-        num_layers,
-        dropout,
-        training,
-        bidirectional,
-        batch_first,
-        lengths,
-        backend,
-    )
+        cell, input, (hx,), weights, num_layers, dropout, training, bidirectional, batch_first,
+        lengths, backend,
+    )  # fmt: skip
     return out, hn
 
 
@@ -368,21 +370,7 @@ def rnn(
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    D = 2 if bidirectional else 1
-    weights = [tuple(w[:4]) + (None,) for w in weights]
-    if hx is None:
-        hx = _default_state(input, batch_first, num_layers * D, weights[0][1].shape[1])
-    out, (hn,) = rnn_forward(
-        f"rnn_{nonlinearity}",
-        input,
-        (hx,),
-        weights,
-        num_layers,
-        dropout,
-        training,
-        bidirectional,
-        batch_first,
-        lengths,
-        backend,
-    )
-    return out, hn
+    return _one_state_stack(
+        f"rnn_{nonlinearity}", input, weights, hx, num_layers, bidirectional, dropout, training,
+        batch_first, lengths, backend,
+    )  # fmt: skip
