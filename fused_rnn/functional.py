@@ -143,43 +143,17 @@ def rnn_forward(
                 f"{x.device} and hidden tensor at {h.device}"
             )
     has_proj = cell.is_lstm and w0[4] is not None
+    rest = (num_layers, dropout, training, bidirectional, batch_first, lengths, backend)
+    rest = rest + (packed_dropout, has_proj)
     amp = autocast_dtype(x)
     if amp is None:
-        return _run_stack(
-            cell,
-            x,
-            tuple(hx),
-            weights,
-            num_layers,
-            dropout,
-            training,
-            bidirectional,
-            batch_first,
-            lengths,
-            backend,
-            packed_dropout,
-            has_proj,
-        )
+        return _run_stack(cell, x, tuple(hx), weights, *rest)
     want = output_dtypes(
         cell, x.device.type, amp, x.dtype, [h.dtype for h in hx], has_proj, is_cell
     )
     x, hx, weights = cast_inputs(x, hx, weights, amp)
     with torch.autocast(x.device.type, enabled=False):
-        out, states = _run_stack(
-            cell,
-            x,
-            hx,
-            weights,
-            num_layers,
-            dropout,
-            training,
-            bidirectional,
-            batch_first,
-            lengths,
-            backend,
-            packed_dropout,
-            has_proj,
-        )
+        out, states = _run_stack(cell, x, hx, weights, *rest)
     return out.to(want[0]), tuple(s.to(d) for s, d in zip(states, want[1:]))
 
 
