@@ -46,8 +46,6 @@ then owns autograd for it.
 
 A backend also answers ``available() -> str | None`` (None when usable, else the reason and how
 to fix it) and ``supports(cell, x, has_proj) -> str | None`` (None when it can run that case).
-Backends written before the cell-generic contract (per-cell ``lstm_fwd`` / ``gru_fwd`` methods)
-are wrapped by :class:`_PerCellBackend` when registered.
 
 Selection
 =========
@@ -110,47 +108,6 @@ class Backend(Protocol):
     def bwd(self, cell, saved, dy, dhn): ...
 
 
-class _PerCellBackend:
-    """The cell-generic contract over a backend that still has per-cell LSTM / GRU methods
-    (``lstm_fwd(x, h0, c0, ...)`` etc.): it runs those two cells and declines the others."""
-
-    def __init__(self, be) -> None:
-        self._be = be
-        self.name = be.name
-
-    def __getattr__(self, attr):  # everything else (tuning knobs, helpers) is the backend's
-        return getattr(self._be, attr)
-
-    def available(self) -> str | None:
-        return self._be.available()
-
-    def supports(self, cell, x: torch.Tensor, has_proj: bool) -> str | None:
-        cell = as_cell(cell)
-        if cell.name not in ("lstm", "gru"):
-            return f"the {cell.name} cell is not implemented by this backend"
-        return self._be.supports(cell.name, x, has_proj)
-
-    def fwd(self, cell, x, hx, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved):
-        if cell.is_lstm:
-            y, hn, cn, saved = self._be.lstm_fwd(
-                x, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, w_hr, lengths, need_saved
-            )
-            return y, (hn, cn), saved
-        y, hn, saved = self._be.gru_fwd(x, hx[0], w_ih, w_hh, b_ih, b_hh, lengths, need_saved)
-        return y, (hn,), saved
-
-    def bwd(self, cell, saved, dy, dhn):
-        if cell.is_lstm:
-            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = self._be.lstm_bwd(saved, dy, *dhn)
-            return dx, (dh0, dc0), dw_ih, dw_hh, db_ih, db_hh, dw_hr
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = self._be.gru_bwd(saved, dy, dhn[0])
-        return dx, (dh0,), dw_ih, dw_hh, db_ih, db_hh, None
-
-
-def _as_backend(be):
-    return be if hasattr(be, "fwd") or hasattr(be, "run_stack") else _PerCellBackend(be)
-
-
 def as_cell(cell: Cell | str) -> Cell:
     """A Cell from a Cell, a cell name ("lstm") or an nn.RNNBase mode ("RNN_TANH")."""
     return cell if isinstance(cell, Cell) else cell_for_mode(cell)
@@ -175,7 +132,7 @@ def register_backend(name: str, factory: Callable[[], Backend]) -> None:
 def _instance(name: str) -> Backend | None:
     if name not in _INSTANCES and name not in _LOAD_ERRORS:
         try:
-            _INSTANCES[name] = _as_backend(_FACTORIES[name]())
+            _INSTANCES[name] = _FACTORIES[name]()
         except Exception as e:  # noqa: BLE001 - any import failure makes it unavailable
             _LOAD_ERRORS[name] = f"failed to load: {type(e).__name__}: {e}"
     return _INSTANCES.get(name)
