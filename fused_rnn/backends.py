@@ -69,6 +69,7 @@ from typing import Protocol
 import torch
 
 from .cells import Cell, cell_for_mode
+from .cpu_policy import order_for
 
 __all__ = [
     "AUTO_ORDER",
@@ -215,8 +216,6 @@ def resolve_backend(
         return be
     order = AUTO_ORDER.get(x.device.type, ("triton", "reference"))
     if x.device.type == "cpu":
-        from .cpu_policy import order_for
-
         order = order_for(order, cell, x, has_proj, packed).order
     skipped = []
     for cand in order:

@@ -75,14 +75,16 @@ def _normalise_lengths(lengths: Tensor | None, T: int, B: int, device) -> Tensor
     return lengths.to(device=device, dtype=torch.long, non_blocking=True)
 
 
-def _transforms_active(tensors) -> bool:
+def _transforms_active(x: Tensor, hx, weights) -> bool:
     """True under a torch.func transform (grad, vjp, jacrev, jvp, vmap) or with forward-mode
-    dual tensors: the fused kernels have no rules for those, the reference's plain ops do."""
+    dual tensors among x, hx and the weights: the fused kernels have no rules for those, the
+    reference's plain ops do."""
     if torch.compiler.is_compiling():
         return False
     if torch._C._functorch.peek_interpreter_stack() is not None:
         return True
     if fwAD._current_level >= 0:
+        tensors = (x, *hx, *(t for w in weights for t in w))
         return any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
     return False
 
@@ -176,12 +178,11 @@ def _run_stack(
     T, B = x.shape[0], x.shape[1]
     D = 2 if bidirectional else 1
     lens = _normalise_lengths(lengths, T, B, x.device)
-    flat = [t for w in weights for t in w]
     if (
         B == 0
         or x.shape[2] == 0
         or weights[0][1].shape[0] == 0
-        or _transforms_active((x, *hx, *flat))
+        or _transforms_active(x, hx, weights)
     ):
         be = get_backend("reference")
     else:
@@ -200,7 +201,7 @@ def _run_stack(
         for d in range(D):
             k = layer * D + d
             xin = layer_in if d == 0 else _time_reverse(layer_in, rev).contiguous()
-            y, hn = run_layer(be, cell, xin, tuple(h[k] for h in hx), *weights[k], lens)
+            y, hn = run_layer(be, cell, xin, tuple(h.select(0, k) for h in hx), *weights[k], lens)
             finals.append(hn)
             ys.append(y if d == 0 else _time_reverse(y, rev))
         layer_in = ys[0] if D == 1 else torch.cat(ys, 2)
@@ -210,7 +211,10 @@ def _run_stack(
             else:
                 layer_in = F.dropout(layer_in, p=dropout, training=True)
     out = layer_in.transpose(0, 1) if batch_first else layer_in
-    states = tuple(torch.stack([f[i] for f in finals], 0) for i in range(cell.n_states))
+    if len(finals) == 1:  # one layer, one direction: a view, not a copy
+        states = tuple(f.unsqueeze(0) for f in finals[0])
+    else:
+        states = tuple(torch.stack([f[i] for f in finals], 0) for i in range(cell.n_states))
     return out, states
 
 

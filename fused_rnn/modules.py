@@ -63,16 +63,18 @@ class _FusedRNNMixin(_BackendMixin):
         return "lstm" if self.mode == "LSTM" else "gru" if self.mode == "GRU" else "rnn"
 
     def _layer_weights(self) -> list[tuple]:
-        D = 2 if self.bidirectional else 1
+        # nn.RNNBase's _flat_weights: per layer and direction w_ih, w_hh, (b_ih, b_hh),
+        # (w_hr), refreshed as torch's forward refreshes them (parameters swapped in by
+        # torch.func.functional_call, reassigned attributes).
+        self._update_flat_weights()
+        proj = self._mode == "lstm" and self.proj_size > 0
+        per = 2 + 2 * bool(self.bias) + proj
+        fw = self._flat_weights
         out = []
-        for layer in range(self.num_layers):
-            for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                get = lambda n: getattr(self, n + sfx, None)  # noqa: B023 - used at once
-                w_hr = get("weight_hr") if self._mode == "lstm" and self.proj_size > 0 else None
-                out.append(
-                    (get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), w_hr)
-                )
+        for i in range(0, len(fw), per):
+            w = fw[i : i + per]
+            b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+            out.append((w[0], w[1], b_ih, b_hh, w[-1] if proj else None))
         return out
 
     def _zero_state(self, x: Tensor, batch: int) -> tuple[Tensor, ...]:

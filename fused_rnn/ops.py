@@ -234,8 +234,18 @@ def _register_fakes() -> None:
 
 
 # ------------------------------------------------------------------------------ the backend
+_STATUS: dict[str, str | None] = {}
+
+
 def _status(device: str) -> str | None:
-    """None when the compiled ops run on `device` ("cpu" / "cuda") here, else why not."""
+    """None when the compiled ops run on `device` ("cpu" / "cuda") here, else why not. Asked on
+    every forward (backend resolution), answered once per device and process."""
+    if device not in _STATUS:
+        _STATUS[device] = _find_status(device)
+    return _STATUS[device]
+
+
+def _find_status(device: str) -> str | None:
     why = load_library()
     if why is not None:
         return why

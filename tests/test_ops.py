@@ -499,8 +499,24 @@ def test_stale_library_detected(tmp_path):
     assert "csrc/ops.cpp" in stale and "csrc/cpu/recurrence.h" in stale
 
 
+# (T, B, lengths): H = 72 is big enough for two chunks per step (units 0-31, 32-71), the last
+# panel half full; I = 19 leaves a k tail in every register tile.
+GEMM_SHAPES = {
+    # two 6-row tiles and a 1-row tail per step
+    "B13": (5, 13, [5, 2, 4, 5, 1, 3, 5, 5, 4, 2, 5, 1, 3]),
+    # batch 1: the input projection runs 48 steps at once (a second, 2-step block), the
+    # recurrent GEMM is the 1-row tile with k split over 4 FMA chains
+    "B1": (50, 1, [50]),
+    # batch 2: 24-step projection blocks, the 2-row tile
+    "B2": (50, 2, [50, 31]),
+    # batch 5: 10-step blocks, the last one 3 steps long
+    "B5": (23, 5, [23, 7, 12, 23, 1]),
+}
+
+
+@pytest.mark.parametrize("shape", list(GEMM_SHAPES))
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
-def test_blas_gemm_fallback_matches(tmp_path, cell):
+def test_blas_gemm_fallback_matches(tmp_path, cell, shape):
     """float32 runs its GEMMs on the packed-panel AVX2 kernel (csrc/cpu/panel_gemm.h); the BLAS
     fallback (FUSED_RNN_CPU_PANEL_GEMM=0, also what float64 and non-AVX2 builds use) must give
     the same results, with the work split over 2 threads in both. The switch is read once per
@@ -508,10 +524,9 @@ def test_blas_gemm_fallback_matches(tmp_path, cell):
     import subprocess
     import sys
 
-    # H = 72: big enough for two chunks per step (units 0-31, 32-71), the last panel half full;
-    # B = 13: two 6-row tiles and a 1-row tail.
-    a = _make(cell, 5, 13, 19, 72, torch.float32, True, [5, 2, 4, 5, 1, 3, 5, 5, 4, 2, 5, 1, 3])
-    grads = _grads(cell, 5, 13, 72, torch.float32)
+    T, B, lengths = GEMM_SHAPES[shape]
+    a = _make(cell, T, B, 19, 72, torch.float32, True, lengths)
+    grads = _grads(cell, T, B, 72, torch.float32)
     torch.save((a, grads), tmp_path / "case.pt")
     script = (
         "import sys, torch, fused_rnn\n"

@@ -95,8 +95,12 @@ def bench(
     providers=("torch", "cpp"),
     dtype: torch.dtype = torch.float32,
     packed: bool = False,
+    target_s: float = 0.0,
+    max_repeats: int = 0,
 ) -> dict:
-    """Median ms per provider and RatioStats (torch / provider) of each non-torch provider."""
+    """Median ms per provider and RatioStats (torch / provider) of each non-torch provider.
+    ``repeats`` interleaved rounds, or more, up to ``max_repeats``, to fill ``target_s`` seconds
+    (short calls need many rounds for a stable median)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     T, B, n_in, hidden = shape
@@ -109,7 +113,9 @@ def bench(
         lengths = torch.randint(max(1, T // 4), T + 1, (B,))
         lengths[0] = T
     runs = {p: _runner(make_module(p, ref, cell), x, dy, mode, lengths) for p in providers}
-    cfg = TimingConfig(warmup=warmup, target_s=0.0, min_reps=repeats, max_reps=repeats)
+    cfg = TimingConfig(
+        warmup=warmup, target_s=target_s, min_reps=repeats, max_reps=max(repeats, max_repeats)
+    )
     times = {k: v[0] for k, v in measure_interleaved(runs, Clock("cpu"), cfg).items()}
     base = providers[0]
     return {

@@ -62,6 +62,10 @@ inline bool step_valid(const int64_t* len, int64_t b, int64_t t) {
   return len == nullptr || t < len[b];
 }
 
+// Rows the forward's input projection gathers per GEMM (recurrence.h): steps are batched until
+// Tb * B reaches it, so small batches still fill the panel kernel's 6-row register tile.
+constexpr int64_t kProjRows = 48;
+
 // Output columns per packed weight panel (panel_gemm.h); chunk boundaries are multiples of it.
 constexpr int64_t kPanel = 16;
 

@@ -47,4 +47,9 @@ void panel_gemm_avx2(const float* a, int64_t lda, int64_t m, int64_t k, const fl
                      int64_t groups, int64_t width, int64_t ncols, float* c, int64_t ldc,
                      bool accumulate);
 
+// One 16-column panel of op(W) = W^T packed from `rows` (<= 16) consecutive rows of W (each `k`
+// contiguous floats, starting at `src`): out[kk * 16 + j] = src[j * k + kk], zeros for
+// j >= rows. `out` is 32-byte aligned. Only to be called when panel_kernel_enabled().
+void pack_panel_transposed_avx2(const float* src, int64_t k, int64_t rows, float* out);
+
 }  // namespace fused_rnn::cpu

@@ -101,18 +101,17 @@ class PanelWeights {
     const float* src = w.data_ptr<float>();
     const int64_t k = k_, width = width_, groups = groups_, n_total = groups_ * width_;
     const bool tr = transposed_;
-    at::parallel_for(0, groups_ * panels, 1, [&](int64_t begin, int64_t end) {
+    // Threads only for big weights: a parallel region costs more than packing a small one.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 17) / (k_ * kPanel));
+    at::parallel_for(0, groups_ * panels, grain, [&](int64_t begin, int64_t end) {
       for (int64_t qg = begin; qg < end; ++qg) {
         const int64_t q = qg / groups, g = qg % groups;
         float* out = dst + qg * k * kPanel;
         const int64_t cols = std::min(kPanel, width - q * kPanel);  // valid columns of the panel
         const int64_t n = g * width + q * kPanel;                     // its first column in op(W)
-        if (tr) {  // column n + j of op(W) is row n + j of w: read rows contiguously
-          for (int64_t j = 0; j < kPanel; ++j) {
-            for (int64_t kk = 0; kk < k; ++kk) {
-              out[kk * kPanel + j] = j < cols ? src[(n + j) * k + kk] : 0.0f;
-            }
-          }
+        if (tr) {  // column n + j of op(W) is row n + j of w: an 8 x 8 blocked transpose
+          // (a scalar gather took ~100 us per call for H = 128, more than a step's GEMMs)
+          pack_panel_transposed_avx2(src + n * k, k, cols, out);
         } else {  // row kk of op(W) is row kk of w: 16 contiguous values per kk
           for (int64_t kk = 0; kk < k; ++kk) {
             for (int64_t j = 0; j < kPanel; ++j) {

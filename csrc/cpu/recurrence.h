@@ -15,10 +15,12 @@
 // and sep = h_{t-1} W_hh^T (last GS blocks) for its columns into small (B, G*H) / (B, GS*H)
 // buffers that stay in cache, then the cell's fused, vectorised pointwise update of its units for
 // every batch row, which adds the biases and saves what backward needs. The input projection runs
-// step by step rather than as one (T*B, I) x (I, G*H) GEMM before the loop: the register kernel is
-// as fast at 64 rows as at 6400, and a (T, B, G*H) pre-activation buffer (67 MB at the LSTM's
-// IMDB shape) would leave the cache between the two passes and be page-faulted afresh on every
-// call (measured: 262 -> 238 ms, 2 threads). h_{t-1} is read whole by every thread while h_t is
+// inside the loop, for Tb = ceil(kProjRows / B) steps at a time (one step when B >= 48), rather
+// than as one (T*B, I) x (I, G*H) GEMM before it: the register kernel is as fast at 64 rows as at
+// 6400, and a (T, B, G*H) pre-activation buffer (67 MB at the LSTM's IMDB shape) would leave the
+// cache between the two passes and be page-faulted afresh on every call (measured: 262 -> 238 ms,
+// 2 threads); at small B, gathering Tb steps fills the 6-row register tile (B = 1, H = 128: 9.6
+// -> 4 us per LSTM step). h_{t-1} is read whole by every thread while h_t is
 // written, so h alternates between two buffers; a cell state (LSTM c) is touched only by its
 // owner. With a projection (LSTM proj_size) the cell's output o * tanh(c) goes to a (B, H) buffer
 // and a second phase of the step, after a barrier, computes h_t = r W_hr^T for each thread's
@@ -170,7 +172,12 @@ FwdOut forward(const FwdIn& a) {
   Tensor y = at::empty({T, B, P}, opts);
   Tensor hbuf = at::empty({2, B, P}, opts);  // h_{t-1} / h_t, alternating
   hbuf[0].copy_(a.h0);
-  Tensor pre = at::empty({B, G * H}, opts);
+  // The input projection x W_ih^T runs for Tb steps at once, each thread for its own columns,
+  // into a (Tb, B, G*H) block to which the step's recurrent GEMM then adds: at small batches a
+  // per-step GEMM has fewer rows than the register tile (B = 1: one row, load-bound), while
+  // Tb * B >= kProjRows rows run the tile full. At B >= kProjRows, Tb = 1 (one step at a time).
+  const int64_t Tb = std::min<int64_t>(T, std::max<int64_t>(1, (kProjRows + B - 1) / std::max<int64_t>(B, 1)));
+  Tensor pre = at::empty({Tb, B, G * H}, opts);
   Tensor sep = at::empty({B, GS * H}, opts);
   Tensor rbuf = proj ? at::zeros({B, H}, opts) : Tensor();  // the cell's output before W_hr
   Tensor gates = save && Cell::kSavesGates ? at::empty({T, B, G * H}, opts) : a.x.new_empty({0});
@@ -199,12 +206,15 @@ FwdOut forward(const FwdIn& a) {
     scalar_t* h_next = hbp + ((t + 1) % 2) * B * P;
     const scalar_t* c_prev = !save ? csp : (t == 0 ? c0p : csp + (t - 1) * B * H);
     scalar_t* c_out = save ? csp + t * B * H : csp;
-    w_x.run(xp + t * B * I, I, B, u0, u1, prp, G * H, false);
-    w_hs.run(h_prev, P, B, u0, u1, prp, G * H, true);
+    scalar_t* pre_t = prp + (t % Tb) * B * G * H;
+    if (t % Tb == 0) {  // this thread's columns of x W_ih^T for steps t .. t+Tb-1
+      w_x.run(xp + t * B * I, I, std::min(Tb, T - t) * B, u0, u1, prp, G * H, false);
+    }
+    w_hs.run(h_prev, P, B, u0, u1, pre_t, G * H, true);
     if (GS > 0) w_hsep->run(h_prev, P, B, u0, u1, sepp, GS * H, false);
     for (int64_t b = 0; b < B; ++b) {
       FwdRow<scalar_t> row{H,
-                           prp + b * G * H,
+                           pre_t + b * G * H,
                            bp,
                            sepp + b * GS * H,
                            bsp,
