@@ -196,13 +196,19 @@ def _warn_once(key: tuple[str, str], msg: str) -> None:
 
 
 def resolve_backend(
-    name: str, cell: Cell | str, x: torch.Tensor, has_proj: bool = False, packed: bool = False
+    name: str,
+    cell: Cell | str,
+    x: torch.Tensor,
+    has_proj: bool = False,
+    packed: bool = False,
+    batch: int | None = None,
 ) -> Backend:
     """The backend that runs ``cell`` (a Cell, or a name such as "lstm") on input ``x`` for the
     requested name.
 
     Explicit names raise if they cannot run the case; "auto" walks AUTO_ORDER, which on the CPU
-    fused_rnn.cpu_policy reorders per case (``packed``: the batch has per-sequence lengths).
+    fused_rnn.cpu_policy reorders per case (``packed``: the batch has per-sequence lengths;
+    ``batch``: the batch size when ``x`` is not laid out (T, B, I), e.g. packed data).
     """
     cell = as_cell(cell)
     req = _requested(name)
@@ -216,7 +222,7 @@ def resolve_backend(
         return be
     order = AUTO_ORDER.get(x.device.type, ("triton", "reference"))
     if x.device.type == "cpu":
-        order = order_for(order, cell, x, has_proj, packed).order
+        order = order_for(order, cell, x, has_proj, packed, batch).order
     skipped = []
     for cand in order:
         if cand not in _FACTORIES:

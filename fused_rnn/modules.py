@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from .backends import BackendUnavailableError, resolve_backend
 from .cells import Cell, cell_for_mode
 from .export import exporting_to_onnx, torch_forward
-from .functional import rnn_forward
+from .functional import _transforms_active, rnn_forward
 
 __all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell"]
 
@@ -105,6 +106,40 @@ class _FusedRNNMixin(_BackendMixin):
                 f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor"
             )
 
+    def _runs_torch_op(self, input, hx) -> bool:
+        """Whether this call resolves to the "native" backend (torch's own RNN op for the whole
+        stack; on the CPU, auto's choice wherever no fused kernel was measured faster): then
+        torch's own forward runs it, checks, packing and all -- torch.nn's speed without this
+        module's per-call work on top (~50 us, 3-10% of a millisecond-long call). Never under
+        torch.compile, autocast (whose output dtypes this module sets), torch.func transforms or
+        forward-mode AD (the reference runs those), or for empty sizes."""
+        if isinstance(input, PackedSequence):
+            x, packed = input.data, True
+            if x.dim() != 2 or input.batch_sizes.numel() == 0:
+                return False
+            batch = int(input.batch_sizes[0])
+        elif isinstance(input, Tensor) and input.dim() in (2, 3):
+            x, packed = input, False
+            batch = input.shape[0 if self.batch_first else 1] if input.dim() == 3 else 1
+        else:
+            return False
+        if (
+            x.device.type != "cpu"  # native is auto's choice on the CPU only
+            or batch == 0
+            or x.shape[-1] == 0
+            or self.hidden_size == 0
+            or torch.compiler.is_compiling()
+            or torch.is_autocast_enabled("cpu")
+            or _transforms_active(x, _state_list(hx), (self._flat_weights,))
+        ):
+            return False
+        has_proj = self._mode == "lstm" and self.proj_size > 0
+        try:
+            be = resolve_backend(self.backend, self._cell, x, has_proj, packed, batch)
+        except BackendUnavailableError:
+            return False  # the ordinary path raises it, with its own context
+        return be.name == "native"
+
     def _run(self, x: Tensor, states, lengths, batch_first: bool):
         return rnn_forward(
             self._cell,
@@ -130,6 +165,8 @@ class _FusedRNNMixin(_BackendMixin):
         (packed if it was) and the final state shaped like hx (LSTM ``(h_n, c_n)``)."""
         if exporting_to_onnx():  # torch's RNN ops, which the ONNX exporters know
             return torch_forward(self, input, hx)
+        if self._runs_torch_op(input, hx):
+            return _torch_forward(self, input, hx)
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         name = type(self).__name__
@@ -171,6 +208,17 @@ class _FusedRNNMixin(_BackendMixin):
         out_data = pack_padded_sequence(out, lengths).data
         result = PackedSequence(out_data, batch_sizes, sorted_idx, unsorted_idx)
         return result, self.permute_hidden(self._from_tuple(states), unsorted_idx)
+
+
+def _state_list(hx) -> tuple:
+    if hx is None:
+        return ()
+    return tuple(h for h in hx if isinstance(h, Tensor)) if isinstance(hx, (tuple, list)) else (hx,)
+
+
+def _torch_forward(module, input, hx):
+    """torch.nn's forward for ``module`` (nn.LSTM.forward for a fused_rnn.LSTM, ...)."""
+    return _TORCH_FORWARD[module._mode](module, input, hx)
 
 
 class LSTM(_FusedRNNMixin, nn.RNNBase):
@@ -360,3 +408,6 @@ class RNNCell(_FusedCellMixin, nn.RNNCell):
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         return self._cell_forward(input, hx)
+
+
+_TORCH_FORWARD = {"lstm": nn.LSTM.forward, "gru": nn.GRU.forward, "rnn": nn.RNN.forward}

@@ -119,6 +119,47 @@ def test_native_backend_matches_torch():
         torch.testing.assert_close(hb, ha, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn"])
+def test_native_calls_go_to_torchs_forward(monkeypatch, mode):
+    """A call that resolves to "native" is handed whole to torch's own forward (tensor, packed
+    and unbatched input; results identical to torch's module); calls the fused path must serve
+    (another backend, autocast, torch.func, empty batches) are not."""
+    from fused_rnn import modules
+
+    calls = []
+    real = modules._TORCH_FORWARD[mode]
+
+    def spy(module, input, hx):
+        calls.append(type(input).__name__)
+        return real(module, input, hx)
+
+    monkeypatch.setitem(modules._TORCH_FORWARD, mode, spy)
+    cls = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[mode]
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, cls)(5, 7, num_layers=2)
+    ours = getattr(fused_rnn, cls)(5, 7, num_layers=2, backend="native")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 5)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [6, 4, 2])
+    for inp in (x, packed, x[:, 0]):
+        ya, ha = ref(inp)
+        yb, hb = ours(inp)
+        ya, yb = (ya.data, yb.data) if inp is packed else (ya, yb)
+        torch.testing.assert_close(yb, ya, rtol=0, atol=0)
+        torch.testing.assert_close(hb, ha, rtol=0, atol=0)
+    assert calls == ["Tensor", "PackedSequence", "Tensor"]
+    calls.clear()
+    ours.backend = "reference"
+    ours(x)
+    ours.backend = "native"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours(x)
+    ours(x[:, :0])  # B = 0: the reference keeps the empty batch in the graph
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+    torch.func.grad(lambda p: torch.func.functional_call(ours, p, (x,))[0].sum())(params)
+    assert calls == []
+
+
 def test_policy_explains_its_choice():
     x = torch.randn(8, 4, 16)
     with torch.no_grad():
