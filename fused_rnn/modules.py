@@ -106,23 +106,26 @@ class _FusedRNNMixin(_BackendMixin):
                 f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor"
             )
 
-    def _runs_torch_op(self, input, hx) -> bool:
-        """Whether this call resolves to the "native" backend (torch's own RNN op for the whole
-        stack; on the CPU, auto's choice wherever no fused kernel was measured faster): then
-        torch's own forward runs it, checks, packing and all -- torch.nn's speed without this
-        module's per-call work on top (~50 us, 3-10% of a millisecond-long call). Never under
-        torch.compile, autocast (whose output dtypes this module sets), torch.func transforms or
-        forward-mode AD (the reference runs those), or for empty sizes."""
+    def _resolve(self, input, hx) -> str | None:
+        """The backend this call runs on, resolved once here (None where the ordinary path must
+        decide: under torch.compile, autocast -- which changes the dtype the choice keys on --,
+        torch.func transforms or forward-mode AD, for empty sizes, off the CPU, or when
+        resolution fails and the ordinary path should raise with its own context). When it is
+        "native" (torch's own RNN op for the whole stack; auto's choice on the CPU wherever no
+        fused kernel was measured faster), forward hands the call to torch's own forward,
+        checks, packing and all: torch.nn's speed without this module's per-call work on top
+        (~50 us, 3-10% of a millisecond-long call)."""
         if isinstance(input, PackedSequence):
-            x, packed = input.data, True
-            if x.dim() != 2 or input.batch_sizes.numel() == 0:
-                return False
-            batch = int(input.batch_sizes[0])
+            x, sizes = input.data, input.batch_sizes
+            if x.dim() != 2 or sizes.numel() == 0:
+                return None
+            batch = int(sizes[0])
+            packed = int(sizes[-1]) != batch  # as _run_stack sees it: unequal lengths
         elif isinstance(input, Tensor) and input.dim() in (2, 3):
             x, packed = input, False
             batch = input.shape[0 if self.batch_first else 1] if input.dim() == 3 else 1
         else:
-            return False
+            return None
         if (
             x.device.type != "cpu"  # native is auto's choice on the CPU only
             or batch == 0
@@ -132,15 +135,14 @@ class _FusedRNNMixin(_BackendMixin):
             or torch.is_autocast_enabled("cpu")
             or _transforms_active(x, _state_list(hx), (self._flat_weights,))
         ):
-            return False
+            return None
         has_proj = self._mode == "lstm" and self.proj_size > 0
         try:
-            be = resolve_backend(self.backend, self._cell, x, has_proj, packed, batch)
+            return resolve_backend(self.backend, self._cell, x, has_proj, packed, batch).name
         except BackendUnavailableError:
-            return False  # the ordinary path raises it, with its own context
-        return be.name == "native"
+            return None
 
-    def _run(self, x: Tensor, states, lengths, batch_first: bool):
+    def _run(self, x: Tensor, states, lengths, batch_first: bool, backend: str):
         return rnn_forward(
             self._cell,
             x,
@@ -152,7 +154,7 @@ class _FusedRNNMixin(_BackendMixin):
             self.bidirectional,
             batch_first,
             lengths,
-            self.backend,
+            backend,
             packed_dropout=lengths is not None,
         )
 
@@ -165,10 +167,12 @@ class _FusedRNNMixin(_BackendMixin):
         (packed if it was) and the final state shaped like hx (LSTM ``(h_n, c_n)``)."""
         if exporting_to_onnx():  # torch's RNN ops, which the ONNX exporters know
             return torch_forward(self, input, hx)
-        if self._runs_torch_op(input, hx):
+        resolved = self._resolve(input, hx)
+        if resolved == "native":
             return _torch_forward(self, input, hx)
+        backend = resolved or self.backend
         if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
+            return self._forward_packed(input, hx, backend)
         name = type(self).__name__
         if input.dim() not in (2, 3):
             what = "D tensor instead" if self._mode == "rnn" else "D instead"  # torch's wording
@@ -187,13 +191,13 @@ class _FusedRNNMixin(_BackendMixin):
             if not batched:
                 states = tuple(s.unsqueeze(1) for s in states)
         self.check_forward_args(input, self._from_tuple(states), None)
-        out, states = self._run(input, states, None, self.batch_first)
+        out, states = self._run(input, states, None, self.batch_first, backend)
         if not batched:
             out = out.squeeze(batch_dim)
             states = tuple(s.squeeze(1) for s in states)
         return out, self._from_tuple(states)
 
-    def _forward_packed(self, packed: PackedSequence, hx):
+    def _forward_packed(self, packed: PackedSequence, hx, backend: str):
         data, batch_sizes, sorted_idx, unsorted_idx = packed
         B = int(batch_sizes[0])
         if hx is None:
@@ -204,7 +208,7 @@ class _FusedRNNMixin(_BackendMixin):
         # Work in the packed (length-sorted) order so the output packs back onto the same
         # batch_sizes / indices; one pad op in, one pack op out, nothing per step.
         padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-        out, states = self._run(padded, states, lengths, False)
+        out, states = self._run(padded, states, lengths, False, backend)
         out_data = pack_padded_sequence(out, lengths).data
         result = PackedSequence(out_data, batch_sizes, sorted_idx, unsorted_idx)
         return result, self.permute_hidden(self._from_tuple(states), unsorted_idx)

@@ -25,6 +25,25 @@ constexpr int64_t kMC = 72;     // rows per cache block (a multiple of kMR)
 // std::min would instantiate a shared (weak) template here: a local helper stays local.
 constexpr int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// One row of a tile's result, v0 (columns 0-7) and v1 (8-15), into c (+= when accumulating);
+// only the first `nv` columns when the panel is the last, narrower one of its group.
+FUSED_RNN_AVX2 inline void store_row(float* ci, __m256 v0, __m256 v1, bool accumulate,
+                                     int64_t nv) {
+  if (nv == kPanel) {
+    if (accumulate) {
+      v0 = _mm256_add_ps(v0, _mm256_loadu_ps(ci));
+      v1 = _mm256_add_ps(v1, _mm256_loadu_ps(ci + 8));
+    }
+    _mm256_storeu_ps(ci, v0);
+    _mm256_storeu_ps(ci + 8, v1);
+  } else {
+    alignas(32) float tmp[kPanel];
+    _mm256_store_ps(tmp, v0);
+    _mm256_store_ps(tmp + 8, v1);
+    for (int64_t j = 0; j < nv; ++j) ci[j] = accumulate ? ci[j] + tmp[j] : tmp[j];
+  }
+}
+
 // c (MR rows of ldc, `nv` <= 16 valid columns) (+)= a (MR rows of lda, kb) @ b (kb x 16 packed).
 // `next` (or null): the next panel's block, prefetched into L2 one 64-byte row per k. At the LSTM's
 // sizes the weights of one step (W_ih and W_hh, 8 MB at H = 512) exceed the L3, so every step
@@ -65,23 +84,7 @@ FUSED_RNN_AVX2 inline void tile(int64_t kb, const float* a, int64_t lda, const f
 #undef FUSED_RNN_TILE_ROW
   }
   const __m256 acc[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-  for (int i = 0; i < MR; ++i) {
-    float* ci = c + i * ldc;
-    __m256 v0 = acc[2 * i], v1 = acc[2 * i + 1];
-    if (nv == kPanel) {
-      if (accumulate) {
-        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(ci));
-        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(ci + 8));
-      }
-      _mm256_storeu_ps(ci, v0);
-      _mm256_storeu_ps(ci + 8, v1);
-    } else {  // the last panel of a group narrower than 16: store the valid lanes only
-      alignas(32) float tmp[kPanel];
-      _mm256_store_ps(tmp, v0);
-      _mm256_store_ps(tmp + 8, v1);
-      for (int64_t j = 0; j < nv; ++j) ci[j] = accumulate ? ci[j] + tmp[j] : tmp[j];
-    }
-  }
+  for (int i = 0; i < MR; ++i) store_row(c + i * ldc, acc[2 * i], acc[2 * i + 1], accumulate, nv);
 }
 
 // One or two rows of C: tile<1> / tile<2> would run 2 / 4 dependent FMA chains, which the FMA
@@ -162,23 +165,7 @@ FUSED_RNN_AVX2 inline void tile_narrow(int64_t kb, const float* a, int64_t lda, 
     r[2] = _mm256_add_ps(y0, y2);
     r[3] = _mm256_add_ps(y1, y3);
   }
-  for (int i = 0; i < MR; ++i) {
-    float* ci = c + i * ldc;
-    __m256 v0 = r[2 * i], v1 = r[2 * i + 1];
-    if (nv == kPanel) {
-      if (accumulate) {
-        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(ci));
-        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(ci + 8));
-      }
-      _mm256_storeu_ps(ci, v0);
-      _mm256_storeu_ps(ci + 8, v1);
-    } else {
-      alignas(32) float tmp[kPanel];
-      _mm256_store_ps(tmp, v0);
-      _mm256_store_ps(tmp + 8, v1);
-      for (int64_t j = 0; j < nv; ++j) ci[j] = accumulate ? ci[j] + tmp[j] : tmp[j];
-    }
-  }
+  for (int i = 0; i < MR; ++i) store_row(c + i * ldc, r[2 * i], r[2 * i + 1], accumulate, nv);
 }
 
 FUSED_RNN_AVX2 inline void tile_rows(int64_t mr, int64_t kb, const float* a, int64_t lda, const float* b,
