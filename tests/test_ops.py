@@ -334,13 +334,15 @@ def test_nan_and_inf_propagate(cell, dtype):
     assert not torch.isnan(y[0, 1]).any()
 
 
-def _float32_tanh_via_lstm(x):
-    """tanh as the cpp kernels compute it in float32 (csrc/cpu/cpu_common.h: vtanh), observed
-    through the public op: a one-step LSTM with I = H = 1, c0 = 0, the input gate saturated to
-    exactly 1 (bias 100) and g's pre-activation = x, so that c_1 = 1 * tanh(x) exactly."""
+def _lstm_c1(x, gate, saturated):
+    """c_1 of a one-step LSTM with I = H = 1 and c0 = 0 whose gate block `gate` has the
+    pre-activation x and whose block `saturated` has bias 100, every other block 0: with the input
+    gate (0) and g (2) as the pair, c_1 = i * g is exactly the other one's activation."""
     n = x.numel()
-    w_ih = torch.tensor([[0.0], [0.0], [1.0], [0.0]])
-    b_ih = torch.tensor([100.0, 0.0, 0.0, 0.0])
+    w_ih = torch.zeros(4, 1)
+    w_ih[gate] = 1.0
+    b_ih = torch.zeros(4)
+    b_ih[saturated] = 100.0
     zeros = torch.zeros(n, 1)
     out = ops.lstm_fwd(
         x.view(1, n, 1),
@@ -357,9 +359,22 @@ def _float32_tanh_via_lstm(x):
     return out[2].view(-1)
 
 
+def _float32_tanh_via_lstm(x):
+    """tanh as the cpp kernels compute it in float32 (csrc/cpu/cpu_common.h: vtanh), observed
+    through the public op: g's pre-activation is x and the input gate sigmoid(100) = 1 exactly."""
+    return _lstm_c1(x, gate=2, saturated=0)
+
+
+def _float32_sigmoid_via_lstm(x):
+    """sigmoid as the cpp kernels compute it in float32 (cpu_common.h: vsigmoid): the input gate's
+    pre-activation is x and g = tanh(100) = 1 exactly."""
+    return _lstm_c1(x, gate=0, saturated=2)
+
+
 def test_float32_tanh_accuracy():
-    """The kernels' own float32 tanh (Taylor series below |x| = 0.4, exp-based above) stays
-    within 2.5 ulp of the float64 tanh over a dense grid; NaN stays NaN, large |x| gives +-1."""
+    """The kernels' own float32 tanh (csrc/cpu/cpu_common.h: u / (u + 2) with u = e^{2|x|} - 1 on
+    AVX2; Taylor series below |x| = 0.4 and exp-based above elsewhere) stays within 2.5 ulp of
+    the float64 tanh over a dense grid; NaN stays NaN, large |x| gives +-1."""
     above = [torch.tensor(0.4)]
     for _ in range(64):  # the float32 neighbours of the switch point
         above.append(torch.nextafter(above[-1], torch.tensor(1.0)))
@@ -390,6 +405,34 @@ def test_float32_tanh_accuracy():
     assert torch.isnan(got[0])
     assert got[1:5].tolist() == [1.0, -1.0, 1.0, -1.0]
     assert got[5:].tolist() == special[5:].tolist()  # tanh(x) = x below ~1e-4
+
+
+def test_float32_sigmoid_accuracy():
+    """The kernels' own float32 sigmoid stays within 3 ulp of the float64 sigmoid wherever the
+    result is a normal float (measured worst 2.48 ulp, near x = -16.6 where 1 + e^{-x} rounds,
+    as in torch.sigmoid); it saturates to exactly 1 and 0 as torch's does, and NaN stays NaN."""
+    mag = torch.logspace(-37, 1.94, 100_000)
+    x = torch.cat(
+        [
+            torch.linspace(-87.3, 87, 1_000_001),
+            torch.linspace(-17, -16, 200_001),  # where 1 + e^{-x} passes 2^24
+            torch.linspace(-1, 1, 200_001),
+            mag,
+            -mag,
+        ]
+    )
+    ref = torch.sigmoid(x.double())
+    normal = ref > torch.finfo(torch.float32).tiny
+    spacing = (
+        torch.nextafter(ref.float(), torch.tensor(float("inf"))).double() - ref.float().double()
+    )
+    ulps = (_float32_sigmoid_via_lstm(x).double() - ref).abs() / spacing
+    ulps = ulps[normal]
+    assert ulps.max().item() <= 3.0, (ulps.max().item(), x[normal][ulps.argmax()].item())
+    special = torch.tensor([float("nan"), 1e30, -1e30, 90.0, -90.0, 0.0, -0.0])
+    got = _float32_sigmoid_via_lstm(special)
+    assert torch.isnan(got[0])
+    assert got[1:].tolist() == [1.0, 0.0, 1.0, 0.0, 0.5, 0.5]
 
 
 # ----------------------------------------------------------------------------- torch.compile

@@ -207,9 +207,6 @@ FwdOut forward(const FwdIn& a) {
     const scalar_t* c_prev = !save ? csp : (t == 0 ? c0p : csp + (t - 1) * B * H);
     scalar_t* c_out = save ? csp + t * B * H : csp;
     scalar_t* pre_t = prp + (t % Tb) * B * G * H;
-    if (t % Tb == 0) {  // this thread's columns of x W_ih^T for steps t .. t+Tb-1
-      w_x.run(xp + t * B * I, I, std::min(Tb, T - t) * B, u0, u1, prp, G * H, false);
-    }
     w_hs.run(h_prev, P, B, u0, u1, pre_t, G * H, true);
     if (GS > 0) w_hsep->run(h_prev, P, B, u0, u1, sepp, GS * H, false);
     for (int64_t b = 0; b < B; ++b) {
@@ -266,7 +263,12 @@ FwdOut forward(const FwdIn& a) {
     }
   };
   const int64_t flops = 2 * B * (G * H * (I + P) + (proj ? P * H : 0));
-  for_each_step(T, /*reverse=*/false, H, flops, cell_phase, proj ? P : 0, proj_phase);
+  // This thread's columns of x W_ih^T for steps t .. t+Tb-1: needs only x, so each thread runs
+  // it while the others finish the previous step (for_each_step's ahead work).
+  auto projection = [&](int64_t t, int64_t u0, int64_t u1) {
+    if (t % Tb == 0) w_x.run(xp + t * B * I, I, std::min(Tb, T - t) * B, u0, u1, prp, G * H, false);
+  };
+  for_each_step(T, /*reverse=*/false, H, flops, cell_phase, proj ? P : 0, proj_phase, projection);
 
   FwdOut out{y, hbuf[T % 2].clone(), Tensor(), gates, saved_sep};
   if constexpr (Cell::kCellState) {
