@@ -197,7 +197,6 @@ inline void for_each_vec(int64_t u0, int64_t u1, const F& f) {
   if (j < u1) f(j, u1 - j);
 }
 
-
 #if defined(CPU_CAPABILITY_AVX2)
 // The float32 transcendental functions of the AVX2 kernels, inline: ATen's Vectorized<float>::exp
 // is an out-of-line call into Sleef whose range checks (overflow, underflow, NaN) cost more than
